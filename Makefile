@@ -1,0 +1,54 @@
+# The two commands of the README: `make demo` and `make test`. Both run as root on a
+# Debian machine and install what they need.
+SHELL := /bin/bash
+VENV := .venv
+LAB := lab/strata-lab
+LAB_DIR ?= /var/lib/strata-lab
+COLLECTIONS := .build/collections
+STAGE := $(COLLECTIONS)/ansible_collections/strata/migration
+
+export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
+export ANSIBLE_FORCE_COLOR ?= 0
+
+.PHONY: demo demo-guests test venv stage lab-up lab-down clean
+
+demo: venv stage demo-guests
+	$(VENV)/bin/ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo_lab.yml
+	@echo "The lab is still up. Explore it with: $(LAB) status    Bring it down with: $(LAB) down"
+
+test: venv
+	bash tests/run-all.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt tests/requirements.txt
+	$(LAB) deps
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r tests/requirements.txt
+	touch $@
+
+# ansible-test needs the collection at ansible_collections/strata/migration: a copy of
+# the tracked and new files, so local caches never reach it.
+stage:
+	rm -rf $(STAGE) && mkdir -p $(STAGE)
+	git ls-files -z --cached --others --exclude-standard \
+	  | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(STAGE)
+	# Its own git index: ansible-test lists files with git, and this repository ignores .build.
+	cd $(STAGE) && git init -q && git add -A
+
+lab-up:
+	$(LAB) up
+
+lab-down:
+	$(LAB) down
+
+clean:
+	rm -rf .build tests/output
+
+# A few guests with different memory behaviour for the demo; kept when they exist.
+DEMO_GUESTS := demo-idle:hv1:256:idle demo-stale:hv1:512:stale:300 demo-hot:hv2:256:hot:128:32:2000 demo-small:hv3:128:idle
+demo-guests: lab-up
+	@for spec in $(DEMO_GUESTS); do \
+	  IFS=: read -r name host mem workload <<< "$$spec"; \
+	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" --if-missing >/dev/null || exit 1; \
+	done

@@ -1,0 +1,206 @@
+"""strata-lab: a multi-host libvirt lab on one machine.
+
+    strata-lab deps                        install the Debian packages the lab needs
+    strata-lab up [--hosts 3]              start the hosts (idempotent), write the inventory
+    strata-lab status                      hosts, their URIs and guests
+    strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
+    strata-lab guest delete NAME           destroy and undefine it wherever it is
+    strata-lab guest list
+    strata-lab down [--purge]              stop every lab process; --purge forgets guests
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from . import guests, hosts, packages
+from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, LabError, LabState, make_host_spec
+from .image import build_image
+
+LAB_TOOL = Path(__file__).resolve().parent.parent / "strata-lab"
+
+
+def cmd_deps(_args: argparse.Namespace) -> None:
+    installed = packages.ensure_packages(packages.LAB_PACKAGES + packages.BUILD_PACKAGES)
+    print("installed: " + (" ".join(installed) if installed else "nothing (all present)"))
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    packages.ensure_packages(packages.LAB_PACKAGES)
+    lab_dir: Path = args.lab_dir
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    image = build_image(args.cache_dir)
+    state = LabState(
+        lab_dir=str(lab_dir),
+        cache_dir=str(args.cache_dir),
+        domain_type=args.domain_type,
+        hosts=[make_host_spec(lab_dir, i, args.capacity_mib) for i in range(1, args.hosts + 1)],
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+    )
+    _stop_surplus_hosts(lab_dir, state)
+    state.save()
+    for host in state.hosts:
+        if hosts.host_is_up(host):
+            print(f"{host.name}: up at {host.uri}")
+            continue
+        hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
+        hosts.start_host(host)
+        print(f"{host.name}: started at {host.uri}")
+    write_inventory(state)
+    print(f"inventory: {lab_dir / 'inventory.yml'}")
+
+
+def _stop_surplus_hosts(lab_dir: Path, state: LabState) -> None:
+    """Hosts of an earlier, larger lab are stopped, so `up --hosts 2` leaves no third daemon."""
+    try:
+        previous = LabState.load(lab_dir)
+    except LabError:
+        return
+    wanted = {h.name for h in state.hosts}
+    for host in previous.hosts:
+        if host.name not in wanted:
+            hosts.stop_host(host)
+
+
+def write_inventory(state: LabState) -> None:
+    lines = [
+        "# Written by `strata-lab up`: the lab's hypervisors, reached from the controller.",
+        "all:",
+        "  children:",
+        "    hypervisors:",
+        "      hosts:",
+    ]
+    for host in state.hosts:
+        lines += [
+            f"        {host.name}:",
+            "          ansible_connection: local",
+            "          ansible_python_interpreter: \"{{ ansible_playbook_python }}\"",
+            f"          strata_libvirt_uri: {host.uri}",
+            f"          strata_migration_address: {host.address}",
+            f"          strata_memory_capacity_mib: {host.memory_capacity_mib}",
+        ]
+    lines += [
+        "  vars:",
+        f"    strata_lab_dir: {state.lab_dir}",
+        f"    strata_lab_tool: {LAB_TOOL}",
+        "",
+    ]
+    (Path(state.lab_dir) / "inventory.yml").write_text("\n".join(lines))
+    # ansible-test reads variables for integration targets from this file.
+    config = {
+        "strata_lab_dir": state.lab_dir,
+        "strata_lab_tool": str(LAB_TOOL),
+        "strata_lab_hosts": [
+            {"name": h.name, "uri": h.uri, "address": h.address, "memory_capacity_mib": h.memory_capacity_mib}
+            for h in state.hosts
+        ],
+    }
+    (Path(state.lab_dir) / "integration_config.yml").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    state = LabState.load(args.lab_dir)
+    report = []
+    for host in state.hosts:
+        up = hosts.host_is_up(host)
+        entry = {"name": host.name, "uri": host.uri, "up": up, "guests": []}
+        if up:
+            entry["guests"] = guests.list_guests_on(host)
+        report.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for entry in report:
+        print(f"{entry['name']:5} {'up  ' if entry['up'] else 'down'} {entry['uri']}")
+        for guest in entry["guests"]:
+            print(f"      {guest['name']:24} {guest['state']}")
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    try:
+        state = LabState.load(args.lab_dir)
+    except LabError:
+        print("no lab state; nothing to stop")
+        return
+    for host in state.hosts:
+        hosts.stop_host(host)
+        print(f"{host.name}: stopped")
+    # QEMU outlives a killed libvirtd; nothing of the lab may be left running.
+    leftovers = hosts.lab_qemu_pids([state.lab_dir, state.cache_dir])
+    if leftovers:
+        hosts.kill_pids(leftovers)
+        print(f"killed {len(leftovers)} leftover QEMU process(es)")
+    if args.purge:
+        shutil.rmtree(Path(state.lab_dir) / "hosts", ignore_errors=True)
+        shutil.rmtree(state.consoles_dir, ignore_errors=True)
+        print("purged host state and consoles")
+
+
+def cmd_guest(args: argparse.Namespace) -> None:
+    state = LabState.load(args.lab_dir)
+    if args.guest_command == "create":
+        where = guests.find_guest(state, args.name)
+        if where and args.if_missing:
+            print(json.dumps({"name": args.name, "host": where[0], "created": False}))
+            return
+        spec = guests.GuestSpec(args.name, args.memory_mib, args.vcpus, args.workload)
+        print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
+    elif args.guest_command == "delete":
+        print(json.dumps({"name": args.name, "deleted_from": guests.delete_guest(state, args.name)}))
+    else:
+        print(json.dumps(guests.list_guests(state), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lab-dir", type=Path, default=DEFAULT_LAB_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("deps", help="install Debian packages").set_defaults(func=cmd_deps)
+    up = sub.add_parser("up", help="start the lab hosts")
+    up.add_argument("--hosts", type=int, default=3, choices=range(2, 9), metavar="N")
+    up.add_argument("--capacity-mib", type=int, default=3072, help="memory capacity declared per host")
+    up.add_argument(
+        "--domain-type", choices=("qemu", "kvm"), default="qemu", help="qemu = TCG (default; nested KVM fails here)"
+    )
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="show hosts and guests")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop every lab process")
+    down.add_argument("--purge", action="store_true", help="also forget guest definitions and consoles")
+    down.set_defaults(func=cmd_down)
+    guest = sub.add_parser("guest", help="create, delete or list guests")
+    guest_sub = guest.add_subparsers(dest="guest_command", required=True)
+    create = guest_sub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--host", default="hv1")
+    create.add_argument("--memory-mib", type=int, default=256)
+    create.add_argument("--vcpus", type=int, default=1)
+    create.add_argument("--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE, comma-joined")
+    create.add_argument("--no-wait", action="store_true", help="do not wait for the guest's userspace")
+    create.add_argument("--timeout-s", type=float, default=90)
+    create.add_argument("--if-missing", action="store_true", help="do nothing when a guest of this name exists")
+    delete = guest_sub.add_parser("delete")
+    delete.add_argument("name")
+    guest_sub.add_parser("list")
+    guest.set_defaults(func=cmd_guest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LabError as exc:
+        print(f"strata-lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

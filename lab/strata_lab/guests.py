@@ -1,0 +1,151 @@
+"""Lab guests: small busybox initramfs VMs running a memory workload."""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from .config import HostSpec, LabError, LabState
+from .hosts import virsh
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
+READY_MARKER = "STRATA-READY name={name} "
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    name: str
+    memory_mib: int = 256
+    vcpus: int = 1
+    workload: str = "idle"
+
+    def validate(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise LabError(f"guest name {self.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        if not 64 <= self.memory_mib <= 8192:
+            raise LabError(f"guest {self.name}: memory_mib {self.memory_mib} is outside 64..8192")
+        if not 1 <= self.vcpus <= 4:
+            raise LabError(f"guest {self.name}: vcpus {self.vcpus} is outside 1..4")
+        if not _WORKLOAD_RE.match(self.workload):
+            raise LabError(f"guest {self.name}: workload {self.workload!r} has characters other than a-z 0-9 : ,")
+
+
+def console_path(state: LabState, name: str) -> Path:
+    return state.consoles_dir / f"{name}.log"
+
+
+def domain_xml(state: LabState, guest: GuestSpec) -> str:
+    cmdline = f"console=ttyS0 quiet strata.name={guest.name} strata.workload={guest.workload}"
+    cpu = (
+        "<cpu mode='host-passthrough'/>"
+        if state.domain_type == "kvm"
+        else "<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>"
+    )
+    console = quoteattr(str(console_path(state, guest.name)))
+    return f"""<domain type='{state.domain_type}'>
+  <name>{escape(guest.name)}</name>
+  <memory unit='MiB'>{guest.memory_mib}</memory>
+  <currentMemory unit='MiB'>{guest.memory_mib}</currentMemory>
+  <vcpu>{guest.vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(state.kernel)}</kernel>
+    <initrd>{escape(state.initrd)}</initrd>
+    <cmdline>{escape(cmdline)}</cmdline>
+  </os>
+  {cpu}
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'>
+      <source path={console} append='on'/>
+      <target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path={console} append='on'/>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='virtio'>
+      <stats period='1'/>
+    </memballoon>
+  </devices>
+</domain>
+"""
+
+
+def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool = True, timeout_s: float = 90) -> dict:
+    """Define a persistent guest on a lab host, start it, and wait for its userspace."""
+    guest.validate()
+    host = state.host(host_name)
+    existing = find_guest(state, guest.name)
+    if existing:
+        raise LabError(f"guest {guest.name} already exists on {', '.join(existing)}; delete it first")
+    state.consoles_dir.mkdir(parents=True, exist_ok=True)
+    console = console_path(state, guest.name)
+    console.touch()
+    offset = console.stat().st_size
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as xml_file:
+        xml_file.write(domain_xml(state, guest))
+    try:
+        virsh(host.uri, "define", xml_file.name)
+    finally:
+        Path(xml_file.name).unlink()
+    virsh(host.uri, "start", guest.name)
+    boot_s = wait_ready(console, guest.name, offset, timeout_s) if wait else None
+    return {
+        "name": guest.name,
+        "host": host.name,
+        "uri": host.uri,
+        "memory_mib": guest.memory_mib,
+        "workload": guest.workload,
+        "console": str(console),
+        "boot_s": None if boot_s is None else round(boot_s, 2),
+    }
+
+
+def wait_ready(console: Path, name: str, offset: int, timeout_s: float) -> float:
+    """Seconds until the guest printed its ready marker after `offset` in its console file."""
+    marker = READY_MARKER.format(name=name)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        with open(console, "rb") as stream:
+            stream.seek(offset)
+            if marker.encode() in stream.read():
+                return time.monotonic() - started
+        time.sleep(0.2)
+    raise LabError(f"guest {name} did not reach userspace within {timeout_s} s; see {console}")
+
+
+def find_guest(state: LabState, name: str) -> list[str]:
+    """Names of the lab hosts that have a domain of this name, defined or running."""
+    return [host.name for host in state.hosts if name in virsh(host.uri, "list", "--all", "--name").split()]
+
+
+def delete_guest(state: LabState, name: str) -> list[str]:
+    """Destroy and undefine the guest wherever it is; returns the hosts it was on."""
+    hosts = find_guest(state, name)
+    for host_name in hosts:
+        uri = state.host(host_name).uri
+        virsh(uri, "destroy", name, check=False)
+        virsh(uri, "undefine", name, check=False)
+    console_path(state, name).unlink(missing_ok=True)
+    return hosts
+
+
+def list_guests_on(host: HostSpec) -> list[dict]:
+    found = []
+    for line in virsh(host.uri, "list", "--all").splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3:
+            found.append({"host": host.name, "name": fields[1], "state": fields[2].strip()})
+    return found
+
+
+def list_guests(state: LabState) -> list[dict]:
+    return [guest for host in state.hosts for guest in list_guests_on(host)]

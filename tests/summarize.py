@@ -1,0 +1,65 @@
+"""Count what `make test` ran, from pytest's JUnit file, ansible-test's log and the integration list.
+
+Prints one line per stage and a last line `total: N passed, N failed`; exits 1 when anything
+failed or a stage ran nothing.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def unit_counts(results: Path) -> tuple[int, int, int]:
+    junit = results / "unit.xml"
+    if not junit.exists():
+        return 0, 1, 0
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    total = sum(int(s.get("tests", 0)) for s in suites)
+    failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    return total - failed - skipped, failed, skipped
+
+
+def sanity_counts(results: Path) -> tuple[int, int, int]:
+    log_path = results / "sanity.log"
+    if not log_path.exists():
+        return 0, 1, 0
+    log = log_path.read_text(errors="replace")
+    ran = set(re.findall(r"""^Running sanity test ["']([^"']+)["']""", log, re.MULTILINE))
+    # A test whose tool is missing is reported as a warning and not run.
+    skipped = set(re.findall(r"""Skipping sanity test ["']([^"']+)["']""", log))
+    skipped |= {"shellcheck"} & ran if 'Required program "shellcheck" not found' in log else set()
+    failed: set[str] = set()
+    listed = re.search(r"The \d+ sanity test\(s\) listed below .*? failed[^\n]*\n((?:[\w.-]+\n)+)", log)
+    if listed:
+        failed = set(listed.group(1).split())
+    elif re.search(r"^(FATAL|ERROR):", log, re.MULTILINE) or not ran:
+        failed = {"sanity"}
+    return len(ran - failed - skipped), len(failed), len(skipped & ran)
+
+
+def integration_counts(results: Path) -> tuple[int, int, int]:
+    lines = (results / "integration.txt").read_text().split()
+    outcomes = lines[0::2]
+    return outcomes.count("PASS"), outcomes.count("FAIL") or (0 if outcomes else 1), 0
+
+
+def main(results: Path) -> int:
+    totals = [0, 0, 0]
+    for stage, counts in (
+        ("unit", unit_counts(results)),
+        ("sanity", sanity_counts(results)),
+        ("integration", integration_counts(results)),
+    ):
+        passed, failed, skipped = counts
+        print(f"{stage}: {passed} passed, {failed} failed, {skipped} skipped")
+        totals = [totals[0] + passed, totals[1] + failed, totals[2] + skipped]
+    print(f"total: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped")
+    return 1 if totals[1] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
