@@ -2,11 +2,13 @@
 # `make test`: unit, sanity and integration tests against the real lab. The lab is
 # always brought down at the end; the last line counts what passed and failed.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 root="$PWD"
 lab_dir="${STRATA_LAB_DIR:-/var/lib/strata-lab}"
 export PATH="$root/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$root/.build/collections"
+# Unit tests import the collection as ansible_collections.strata.migration.
+export PYTHONPATH="$root/.build/collections${PYTHONPATH:+:$PYTHONPATH}"
 results="$root/.build/test-results"
 stage="$root/.build/collections/ansible_collections/strata/migration"
 rm -rf "$results" && mkdir -p "$results"

@@ -28,7 +28,8 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     parse_pool_type,
     resolve_dirty_rate_timeout,
 )
-from ansible_collections.strata.migration.plugins.module_utils._libvirt import LibvirtError, StrataError
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError
 
 
 # Trimmed from `virsh -c 'qemu:///embed?root=...' capabilities` on Debian 12 (libvirt 9.0, QEMU 7.2).
@@ -299,21 +300,6 @@ NO_BALLOON_XML = """<domain type='kvm'>
 """
 
 BARE_DOMAIN_XML = "<domain type='qemu'><name>bare</name></domain>"
-
-
-class FakeLibvirtError(LibvirtError):
-    """A libvirt error with a chosen code, whether or not the binding is installed."""
-
-    def __init__(self, message, code):
-        super().__init__(message)
-        self._message = message
-        self._code = code
-
-    def get_error_code(self):
-        return self._code
-
-    def get_error_message(self):
-        return self._message
 
 
 NO_SUPPORT = FakeLibvirtError("this function is not supported by the connection driver", 3)

@@ -13,7 +13,6 @@ from ansible_collections.strata.migration.plugins.module_utils import _libvirt
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtConnectError,
-    LibvirtError,
     LibvirtUriError,
     describe_libvirt_error,
     libvirt_error_code,
@@ -22,21 +21,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     uri_secrets,
     validate_uri,
 )
-
-
-class FakeLibvirtError(LibvirtError):
-    """A libvirt error with a chosen code, whether or not the binding is installed."""
-
-    def __init__(self, message, code):
-        super().__init__(message)
-        self._message = message
-        self._code = code
-
-    def get_error_code(self):
-        return self._code
-
-    def get_error_message(self):
-        return self._message
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError
 
 
 class FakeConn:
