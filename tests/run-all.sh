@@ -46,4 +46,7 @@ else
   echo "FAIL lab-up" >> "$results/integration.txt"
 fi
 
+echo "=== lab lifecycle tests (up, down, up again, recovery after a kill)"
+(cd "$stage" && python -m pytest -p no:cacheprovider -q tests/lab --junitxml="$results/lab.xml")
+
 python3 tests/summarize.py "$results"

@@ -1,4 +1,4 @@
-"""Count what `make test` ran, from pytest's JUnit file, ansible-test's log and the integration list.
+"""Count what `make test` ran, from pytest's JUnit files, ansible-test's log and the integration list.
 
 Prints one line per stage and a last line `total: N passed, N failed`; exits 1 when anything
 failed or a stage ran nothing.
@@ -11,8 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
-def unit_counts(results: Path) -> tuple[int, int, int]:
-    junit = results / "unit.xml"
+def junit_counts(junit: Path) -> tuple[int, int, int]:
     if not junit.exists():
         return 0, 1, 0
     root = ET.parse(junit).getroot()
@@ -20,6 +19,8 @@ def unit_counts(results: Path) -> tuple[int, int, int]:
     total = sum(int(s.get("tests", 0)) for s in suites)
     failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
     skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    if total == 0:
+        return 0, 1, 0  # a stage that ran nothing has failed
     return total - failed - skipped, failed, skipped
 
 
@@ -50,9 +51,10 @@ def integration_counts(results: Path) -> tuple[int, int, int]:
 def main(results: Path) -> int:
     totals = [0, 0, 0]
     for stage, counts in (
-        ("unit", unit_counts(results)),
+        ("unit", junit_counts(results / "unit.xml")),
         ("sanity", sanity_counts(results)),
         ("integration", integration_counts(results)),
+        ("lab", junit_counts(results / "lab.xml")),
     ):
         passed, failed, skipped = counts
         print(f"{stage}: {passed} passed, {failed} failed, {skipped} skipped")
