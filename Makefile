@@ -45,10 +45,10 @@ lab-down:
 clean:
 	rm -rf .build tests/output
 
-# A few guests with different memory behaviour for the demo; kept when they exist.
+# A few guests with different memory behaviour for the demo; kept (and started) when they exist.
 DEMO_GUESTS := demo-idle:hv1:256:idle demo-stale:hv1:512:stale:300 demo-hot:hv2:256:hot:128:32:2000 demo-small:hv3:128:idle
 demo-guests: lab-up
 	@for spec in $(DEMO_GUESTS); do \
 	  IFS=: read -r name host mem workload <<< "$$spec"; \
-	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" --if-missing >/dev/null || exit 1; \
+	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" --reuse >/dev/null || exit 1; \
 	done

@@ -143,9 +143,8 @@ def cmd_down(args: argparse.Namespace) -> None:
 def cmd_guest(args: argparse.Namespace) -> None:
     state = LabState.load(args.lab_dir)
     if args.guest_command == "create":
-        where = guests.find_guest(state, args.name)
-        if where and args.if_missing:
-            print(json.dumps({"name": args.name, "host": where[0], "created": False}))
+        if args.reuse and guests.find_guest(state, args.name):
+            print(json.dumps(guests.start_existing_guest(state, args.name, timeout_s=args.timeout_s)))
             return
         spec = guests.GuestSpec(args.name, args.memory_mib, args.vcpus, args.workload)
         print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
@@ -184,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE, comma-joined")
     create.add_argument("--no-wait", action="store_true", help="do not wait for the guest's userspace")
     create.add_argument("--timeout-s", type=float, default=90)
-    create.add_argument("--if-missing", action="store_true", help="do nothing when a guest of this name exists")
+    create.add_argument(
+        "--reuse", action="store_true", help="keep a guest of this name that exists; start it if it is shut off"
+    )
     delete = guest_sub.add_parser("delete")
     delete.add_argument("name")
     guest_sub.add_parser("list")

@@ -87,26 +87,42 @@ def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool =
     if existing:
         raise LabError(f"guest {guest.name} already exists on {', '.join(existing)}; delete it first")
     state.consoles_dir.mkdir(parents=True, exist_ok=True)
-    console = console_path(state, guest.name)
-    console.touch()
-    offset = console.stat().st_size
     with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as xml_file:
         xml_file.write(domain_xml(state, guest))
     try:
         virsh(host.uri, "define", xml_file.name)
     finally:
         Path(xml_file.name).unlink()
-    virsh(host.uri, "start", guest.name)
-    boot_s = wait_ready(console, guest.name, offset, timeout_s) if wait else None
+    boot_s = _start(state, host, guest.name, wait, timeout_s)
     return {
         "name": guest.name,
         "host": host.name,
         "uri": host.uri,
         "memory_mib": guest.memory_mib,
         "workload": guest.workload,
-        "console": str(console),
-        "boot_s": None if boot_s is None else round(boot_s, 2),
+        "console": str(console_path(state, guest.name)),
+        "boot_s": boot_s,
     }
+
+
+def _start(state: LabState, host: HostSpec, name: str, wait: bool, timeout_s: float) -> float | None:
+    """Start a defined guest; with `wait`, the seconds until its userspace said it is ready."""
+    console = console_path(state, name)
+    console.touch()
+    offset = console.stat().st_size
+    virsh(host.uri, "start", name)
+    return round(wait_ready(console, name, offset, timeout_s), 2) if wait else None
+
+
+def start_existing_guest(state: LabState, name: str, timeout_s: float = 90) -> dict:
+    """Start an existing guest where it is defined, unless it already runs."""
+    hosts = find_guest(state, name)
+    if len(hosts) != 1:
+        raise LabError(f"guest {name} is defined on {len(hosts)} hosts ({', '.join(hosts)}); expected exactly one")
+    host = state.host(hosts[0])
+    if virsh(host.uri, "domstate", name).strip() == "running":
+        return {"name": name, "host": host.name, "started": False}
+    return {"name": name, "host": host.name, "started": True, "boot_s": _start(state, host, name, True, timeout_s)}
 
 
 def wait_ready(console: Path, name: str, offset: int, timeout_s: float) -> float:

@@ -95,6 +95,11 @@ def test_up_use_down_up_again(lab_down_after):
     assert all(h["up"] for h in hosts)
     # The persistent guest survives down/up, shut off, and is removed cleanly.
     assert {"host": "hv2", "name": "lc-guest", "state": "shut off"} in hosts[1]["guests"]
+    reused = json.loads(lab("guest", "create", "lc-guest", "--host", "hv2", "--reuse").stdout)
+    assert reused["started"] is True
+    assert {"host": "hv2", "name": "lc-guest", "state": "running"} in status()[1]["guests"]
+    again = json.loads(lab("guest", "create", "lc-guest", "--host", "hv2", "--reuse").stdout)
+    assert again["started"] is False
     deleted = json.loads(lab("guest", "delete", "lc-guest").stdout)
     assert deleted["deleted_from"] == ["hv2"]
 
