@@ -6,6 +6,7 @@
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
+    strata-lab network create NAME --host hv1   an isolated network on one host only
     strata-lab down [--purge]              stop every lab process; --purge forgets guests
 """
 from __future__ import annotations
@@ -37,19 +38,24 @@ def cmd_up(args: argparse.Namespace) -> None:
         lab_dir=str(lab_dir),
         cache_dir=str(args.cache_dir),
         domain_type=args.domain_type,
-        hosts=[make_host_spec(lab_dir, i, args.capacity_mib) for i in range(1, args.hosts + 1)],
+        # With three hosts or more, the last one is the "legacy" host (see docs/lab.md).
+        hosts=[
+            make_host_spec(lab_dir, i, args.capacity_mib, legacy=args.hosts >= 3 and i == args.hosts)
+            for i in range(1, args.hosts + 1)
+        ],
         kernel=str(image.kernel),
         initrd=str(image.initrd),
     )
     _stop_surplus_hosts(lab_dir, state)
     state.save()
     for host in state.hosts:
-        if hosts.host_is_up(host):
+        if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {host.uri}")
-            continue
-        hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
-        hosts.start_host(host)
-        print(f"{host.name}: started at {host.uri}")
+        else:
+            hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
+            hosts.start_host(host)
+            print(f"{host.name}: started at {host.uri}")
+        hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
     print(f"inventory: {lab_dir / 'inventory.yml'}")
 
@@ -140,13 +146,31 @@ def cmd_down(args: argparse.Namespace) -> None:
         print("purged host state and consoles")
 
 
+def cmd_network(args: argparse.Namespace) -> None:
+    host = LabState.load(args.lab_dir).host(args.host)
+    if args.network_command == "create":
+        changed = hosts.ensure_network(host, args.name)
+    else:
+        changed = hosts.delete_network(host, args.name)
+    print(json.dumps({"network": args.name, "host": host.name, "changed": changed}))
+
+
 def cmd_guest(args: argparse.Namespace) -> None:
     state = LabState.load(args.lab_dir)
     if args.guest_command == "create":
         if args.reuse and guests.find_guest(state, args.name):
             print(json.dumps(guests.start_existing_guest(state, args.name, timeout_s=args.timeout_s)))
             return
-        spec = guests.GuestSpec(args.name, args.memory_mib, args.vcpus, args.workload)
+        spec = guests.GuestSpec(
+            args.name,
+            args.memory_mib,
+            args.vcpus,
+            args.workload,
+            network=args.network,
+            disk_mib=args.disk_mib,
+            disk_pool=args.disk_pool,
+            cpu_model=args.cpu_model,
+        )
         print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
     elif args.guest_command == "delete":
         print(json.dumps({"name": args.name, "deleted_from": guests.delete_guest(state, args.name)}))
@@ -181,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--memory-mib", type=int, default=256)
     create.add_argument("--vcpus", type=int, default=1)
     create.add_argument("--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE, comma-joined")
+    create.add_argument("--network", help="attach a virtio NIC on this libvirt network (every host has 'labnet')")
+    create.add_argument("--disk-mib", type=int, default=0, help="attach a qcow2 disk of this size (0 = no disk)")
+    create.add_argument(
+        "--disk-pool", choices=("local", "shared"), default="local", help="local: this host only; shared: every host"
+    )
+    create.add_argument("--cpu-model", default="qemu64", help="guest CPU model (TCG); the legacy host lacks Westmere")
     create.add_argument("--no-wait", action="store_true", help="do not wait for the guest's userspace")
     create.add_argument("--timeout-s", type=float, default=90)
     create.add_argument(
@@ -190,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name")
     guest_sub.add_parser("list")
     guest.set_defaults(func=cmd_guest)
+    network = sub.add_parser("network", help="create or delete an isolated network on one host")
+    network_sub = network.add_subparsers(dest="network_command", required=True)
+    for verb in ("create", "delete"):
+        network_verb = network_sub.add_parser(verb)
+        network_verb.add_argument("name")
+        network_verb.add_argument("--host", required=True)
+    network.set_defaults(func=cmd_network)
     return parser
 
 

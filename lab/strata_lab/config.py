@@ -41,6 +41,9 @@ class HostSpec:
     migration_port_max: int
     memory_capacity_mib: int
     root: str
+    # CPU models this host's libvirt does not know: the lab's "legacy" host refuses guests
+    # that use them, so pre-flight CPU checks can be exercised for real.
+    cpu_models_missing: tuple = ()
 
     @property
     def uri(self) -> str:
@@ -62,7 +65,10 @@ class HostSpec:
         return Path(self.root) / key
 
 
-def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int) -> HostSpec:
+LEGACY_CPU_MODELS = ("Westmere", "Westmere-IBRS")
+
+
+def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: bool = False) -> HostSpec:
     name = f"hv{index}"
     port_min = _MIGRATION_PORT_BASE + index * _MIGRATION_PORTS_PER_HOST
     return HostSpec(
@@ -74,6 +80,7 @@ def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int) -> HostS
         migration_port_max=port_min + _MIGRATION_PORTS_PER_HOST - 1,
         memory_capacity_mib=memory_capacity_mib,
         root=str(lab_dir / "hosts" / name),
+        cpu_models_missing=LEGACY_CPU_MODELS if legacy else (),
     )
 
 
@@ -87,6 +94,11 @@ class LabState:
     hosts: list[HostSpec] = field(default_factory=list)
     kernel: str = ""
     initrd: str = ""
+
+    @property
+    def shared_pool_dir(self) -> Path:
+        """Storage every lab host sees, as NFS would be: disks here are shared."""
+        return Path(self.lab_dir) / "shared"
 
     @property
     def consoles_dir(self) -> Path:
@@ -111,7 +123,7 @@ class LabState:
         if not path.exists():
             raise LabError(f"no lab at {lab_dir}: run `strata-lab up` first")
         data = json.loads(path.read_text())
-        hosts = [HostSpec(**h) for h in data.pop("hosts")]
+        hosts = [HostSpec(**{**h, "cpu_models_missing": tuple(h.get("cpu_models_missing", ()))}) for h in data.pop("hosts")]
         return cls(hosts=hosts, **data)
 
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .config import HostSpec, LabError, LabState
-from .hosts import virsh
+from .hosts import define_from_xml, virsh
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
@@ -22,6 +21,10 @@ class GuestSpec:
     memory_mib: int = 256
     vcpus: int = 1
     workload: str = "idle"
+    network: str | None = None
+    disk_mib: int = 0
+    disk_pool: str = "local"
+    cpu_model: str = "qemu64"
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -32,19 +35,38 @@ class GuestSpec:
             raise LabError(f"guest {self.name}: vcpus {self.vcpus} is outside 1..4")
         if not _WORKLOAD_RE.match(self.workload):
             raise LabError(f"guest {self.name}: workload {self.workload!r} has characters other than a-z 0-9 : ,")
+        if self.network is not None and not _NAME_RE.match(self.network):
+            raise LabError(f"guest {self.name}: network name {self.network!r} is not a plain name")
+        if self.disk_mib and not 1 <= self.disk_mib <= 4096:
+            raise LabError(f"guest {self.name}: disk_mib {self.disk_mib} is outside 1..4096")
+        if self.disk_pool not in ("local", "shared"):
+            raise LabError(f"guest {self.name}: disk pool must be 'local' or 'shared', not {self.disk_pool!r}")
+        if not _NAME_RE.match(self.cpu_model):
+            raise LabError(f"guest {self.name}: CPU model {self.cpu_model!r} is not a plain name")
 
 
 def console_path(state: LabState, name: str) -> Path:
     return state.consoles_dir / f"{name}.log"
 
 
-def domain_xml(state: LabState, guest: GuestSpec) -> str:
+def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) -> str:
     cmdline = f"console=ttyS0 quiet strata.name={guest.name} strata.workload={guest.workload}"
     cpu = (
         "<cpu mode='host-passthrough'/>"
         if state.domain_type == "kvm"
-        else "<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>"
+        else f"<cpu mode='custom' match='exact'><model fallback='forbid'>{guest.cpu_model}</model></cpu>"
     )
+    extra_devices = ""
+    if disk_path:
+        # cache='none': libvirt refuses to live-migrate disks with host caching as unsafe.
+        extra_devices += (
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            f"<source file={quoteattr(disk_path)}/><target dev='vda' bus='virtio'/></disk>"
+        )
+    if guest.network:
+        extra_devices += (
+            f"<interface type='network'><source network={quoteattr(guest.network)}/><model type='virtio'/></interface>"
+        )
     console = quoteattr(str(console_path(state, guest.name)))
     return f"""<domain type='{state.domain_type}'>
   <name>{escape(guest.name)}</name>
@@ -63,6 +85,7 @@ def domain_xml(state: LabState, guest: GuestSpec) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    {extra_devices}
     <serial type='file'>
       <source path={console} append='on'/>
       <target port='0'/>
@@ -87,13 +110,17 @@ def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool =
     if existing:
         raise LabError(f"guest {guest.name} already exists on {', '.join(existing)}; delete it first")
     state.consoles_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as xml_file:
-        xml_file.write(domain_xml(state, guest))
+    disk_path = _create_disk(host, guest) if guest.disk_mib else None
+    if guest.disk_pool == "shared" and disk_path:
+        _refresh_shared_pools(state)
+    define_from_xml(host.uri, "define", domain_xml(state, guest, disk_path))
     try:
-        virsh(host.uri, "define", xml_file.name)
-    finally:
-        Path(xml_file.name).unlink()
-    boot_s = _start(state, host, guest.name, wait, timeout_s)
+        boot_s = _start(state, host, guest.name, wait, timeout_s)
+    except LabError:
+        if "running" not in virsh(host.uri, "domstate", guest.name, check=False):
+            # It never ran: leave nothing behind, so the same command can be tried again.
+            virsh(host.uri, "undefine", guest.name, "--remove-all-storage", check=False)
+        raise
     return {
         "name": guest.name,
         "host": host.name,
@@ -103,6 +130,20 @@ def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool =
         "console": str(console_path(state, guest.name)),
         "boot_s": boot_s,
     }
+
+
+def _create_disk(host: HostSpec, guest: GuestSpec) -> str:
+    volume = f"{guest.name}.qcow2"
+    # A volume of this name belongs to no guest (the name is free): a failed earlier run left it.
+    virsh(host.uri, "vol-delete", "--pool", guest.disk_pool, volume, check=False)
+    virsh(host.uri, "vol-create-as", guest.disk_pool, volume, f"{guest.disk_mib}M", "--format", "qcow2")
+    return virsh(host.uri, "vol-path", "--pool", guest.disk_pool, volume).strip()
+
+
+def _refresh_shared_pools(state: LabState) -> None:
+    """Other hosts list a volume another host created only after a refresh, as with NFS."""
+    for other in state.hosts:
+        virsh(other.uri, "pool-refresh", "shared", check=False)
 
 
 def _start(state: LabState, host: HostSpec, name: str, wait: bool, timeout_s: float) -> float | None:
@@ -146,10 +187,12 @@ def find_guest(state: LabState, name: str) -> list[str]:
 def delete_guest(state: LabState, name: str) -> list[str]:
     """Destroy and undefine the guest wherever it is; returns the hosts it was on."""
     hosts = find_guest(state, name)
+    if hosts:
+        _refresh_shared_pools(state)
     for host_name in hosts:
         uri = state.host(host_name).uri
         virsh(uri, "destroy", name, check=False)
-        virsh(uri, "undefine", name, check=False)
+        virsh(uri, "undefine", name, "--remove-all-storage", check=False)
     console_path(state, name).unlink(missing_ok=True)
     return hosts
 

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from .config import LIBVIRTD_TCP_PORT, PRIVATE_DIRS, HostSpec, LabError
 
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
+SYSTEM_CPU_MAP = Path("/usr/share/libvirt/cpu_map")
+LAB_NETWORK = "labnet"
 
 
 def render_libvirtd_conf(host: HostSpec) -> str:
@@ -70,6 +75,86 @@ def prepare_host_dirs(host: HostSpec) -> None:
         else:
             entry.unlink()
     host.pid_file.unlink(missing_ok=True)
+    if host.cpu_models_missing:
+        _write_legacy_cpu_map(host)
+    remove_stale_bridges(host)
+
+
+def _write_legacy_cpu_map(host: HostSpec) -> None:
+    """A copy of libvirt's CPU map without some models, as an older libvirt would have."""
+    target = Path(host.root) / "cpu_map"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(SYSTEM_CPU_MAP, target)
+    index = target / "index.xml"
+    lines = index.read_text().splitlines(keepends=True)
+    dropped = {f"x86_{model}.xml" for model in host.cpu_models_missing}
+    index.write_text("".join(line for line in lines if not any(f"'{name}'" in line for name in dropped)))
+    for name in dropped:
+        (target / name).unlink(missing_ok=True)
+
+
+def bridge_name(host: HostSpec, network: str) -> str:
+    """A bridge name unique on the machine (all lab hosts share one network namespace)."""
+    return f"stl{host.index}-{zlib.crc32(network.encode()) % 100000:05d}"
+
+
+def remove_stale_bridges(host: HostSpec) -> None:
+    """Bridges left by a killed libvirtd of this host would stop its networks from starting."""
+    listing = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=False)
+    for name in re.findall(rf"^\d+: (stl{host.index}-\d{{5}})[:@]", listing.stdout, re.MULTILINE):
+        subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+
+
+def network_xml(host: HostSpec, network: str) -> str:
+    # Isolated: no forwarding and no address, so no dnsmasq and nothing leaves the machine.
+    return f"<network><name>{network}</name><bridge name='{bridge_name(host, network)}' stp='off'/></network>"
+
+
+def ensure_network(host: HostSpec, network: str) -> bool:
+    """Define, start and autostart an isolated network on the host; True when it was created."""
+    if network in virsh(host.uri, "net-list", "--all", "--name").split():
+        if network not in virsh(host.uri, "net-list", "--name").split():
+            virsh(host.uri, "net-start", network)
+        return False
+    define_from_xml(host.uri, "net-define", network_xml(host, network))
+    virsh(host.uri, "net-start", network)
+    virsh(host.uri, "net-autostart", network)
+    return True
+
+
+def delete_network(host: HostSpec, network: str) -> bool:
+    if network not in virsh(host.uri, "net-list", "--all", "--name").split():
+        return False
+    virsh(host.uri, "net-destroy", network, check=False)
+    virsh(host.uri, "net-undefine", network)
+    return True
+
+
+def ensure_pool(host: HostSpec, pool: str, target: str) -> None:
+    if pool not in virsh(host.uri, "pool-list", "--all", "--name").split():
+        virsh(host.uri, "pool-define-as", pool, "dir", "--target", target)
+        virsh(host.uri, "pool-build", pool)
+        virsh(host.uri, "pool-autostart", pool)
+    if pool not in virsh(host.uri, "pool-list", "--name").split():
+        virsh(host.uri, "pool-start", pool)
+
+
+def configure_host(host: HostSpec, shared_pool_dir: Path) -> None:
+    """The resources every lab host offers: network labnet, pools `local` and `shared`."""
+    shared_pool_dir.mkdir(parents=True, exist_ok=True)
+    ensure_network(host, LAB_NETWORK)
+    # /var/lib/libvirt is private to each host: a disk there exists on that host only.
+    ensure_pool(host, "local", "/var/lib/libvirt/images")
+    ensure_pool(host, "shared", str(shared_pool_dir))
+
+
+def define_from_xml(uri: str, command: str, xml: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as xml_file:
+        xml_file.write(xml)
+    try:
+        virsh(uri, command, xml_file.name)
+    finally:
+        Path(xml_file.name).unlink()
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -83,6 +168,8 @@ def _start_script(host: HostSpec) -> str:
         for key, target in PRIVATE_DIRS.items()
     )
     # A private /etc/hosts lets libvirt resolve its own hostname inside the namespace.
+    if host.cpu_models_missing:
+        mounts += f" && mount --bind {Path(host.root) / 'cpu_map'} {SYSTEM_CPU_MAP}"
     return (
         f"set -e; {mounts}; mount --bind {host.etc_hosts} /etc/hosts; hostname {host.name}; "
         f"exec libvirtd --listen --pid-file {host.pid_file} "
@@ -90,9 +177,24 @@ def _start_script(host: HostSpec) -> str:
     )
 
 
+def config_stamp(host: HostSpec) -> str:
+    """What a running host was started with; `up` restarts a host whose stamp is out of date."""
+    return "\n".join([render_libvirtd_conf(host), render_qemu_conf(host), _start_script(host)])
+
+
+def _stamp_path(host: HostSpec) -> Path:
+    return Path(host.root) / "started-with"
+
+
+def host_config_current(host: HostSpec) -> bool:
+    path = _stamp_path(host)
+    return path.exists() and path.read_text() == config_stamp(host)
+
+
 def start_host(host: HostSpec) -> int:
     """Start the host's libvirtd in fresh namespaces and wait until it answers."""
     prepare_host_dirs(host)
+    _stamp_path(host).write_text(config_stamp(host))
     for target in PRIVATE_DIRS.values():
         # Mount points must exist on the real filesystem before the bind mounts.
         Path(target).mkdir(parents=True, exist_ok=True)
@@ -191,7 +293,11 @@ def stop_host(host: HostSpec) -> None:
     if pids and virsh_ok(host.uri):
         for name in virsh(host.uri, "list", "--name", check=False).split():
             virsh(host.uri, "destroy", name, check=False)
+        # Active networks outlive libvirtd; their bridges would stay on the machine.
+        for network in virsh(host.uri, "net-list", "--name", check=False).split():
+            virsh(host.uri, "net-destroy", network, check=False)
     _kill_tree(pids)
+    remove_stale_bridges(host)
     host.pid_file.unlink(missing_ok=True)
 
 

@@ -63,6 +63,12 @@ def lab_mounts() -> list[str]:
     return sorted(mounts)
 
 
+def lab_bridges() -> list[str]:
+    """Bridges of lab networks (stl<host>-<n>), which live in the machine's network namespace."""
+    listing = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True)
+    return [line.split(":")[1].strip() for line in listing.stdout.splitlines() if line.split(":")[1].strip().startswith("stl")]
+
+
 def status() -> list[dict]:
     return json.loads(lab("status", "--json").stdout)
 
@@ -86,9 +92,12 @@ def test_up_use_down_up_again(lab_down_after):
     assert {"host": "hv2", "name": "lc-guest", "state": "running"} in status()[1]["guests"]
     assert lab_processes(), "a running lab has libvirtd and QEMU processes"
 
+    assert len(lab_bridges()) == 3, "every host runs the isolated network labnet"
+
     lab("down")
     assert lab_processes() == []
     assert lab_mounts() == []
+    assert lab_bridges() == []
 
     lab("up")
     hosts = status()
