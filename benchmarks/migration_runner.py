@@ -27,16 +27,18 @@ timeout_s=60, sample_period_s=0.2) -> dict``
     - ``total_ms``, ``downtime_ms``, ``setup_ms`` from libvirt's completed
       job statistics (None when libvirt kept none);
     - ``transferred_mib`` (memory_processed), ``memory_normal_mib``
-      (memory_normal_bytes), ``memory_zero_pages`` and ``memory_zero_mib``
+      (memory_normal_bytes), the same two in bytes (``memory_processed_bytes``,
+      ``memory_normal_bytes``), ``memory_zero_pages`` and ``memory_zero_mib``
       (pages sent as "all zero", a few bytes each on the wire),
-      ``iterations`` (pre-copy passes over the dirty bitmap, as QEMU counts
-      them: the first pass is 1), ``memory_bps`` (QEMU's measured throughput,
+      ``iterations`` (QEMU's count of dirty-bitmap syncs: 1 during the first
+      pass, k + 1 during pass k, live passes + 2 once completed),
+      ``memory_bps`` (QEMU's measured throughput,
       bytes/s);
     - ``stats_source``: "destination" (completed incoming-job statistics,
       what libvirt 9.0 keeps after a successful peer-to-peer migration whose
       source domain was undefined), "source" (completed statistics of a
-      failed or aborted job on the source) or "samples" (the last sample,
-      when libvirt kept nothing);
+      failed job kept on the source) or "samples" (the last sample, when
+      libvirt kept nothing: libvirt 9.0 keeps none for an aborted job);
     - ``completed_stats``: libvirt's raw completed statistics (dict or None);
     - ``timeline``: one dict per sample with ``t_s``, ``memory_processed_mib``,
       ``memory_remaining_mib``, ``iteration``, ``dirty_rate_mibps``
@@ -238,7 +240,9 @@ def plain_migrate(
             "setup_ms": source.get("setup_time"),
             "transferred_mib": _mib(source.get("memory_processed"))
             if stats else last.get("memory_processed_mib"),
+            "memory_processed_bytes": source.get("memory_processed"),
             "memory_normal_mib": _mib(source.get("memory_normal_bytes")),
+            "memory_normal_bytes": source.get("memory_normal_bytes"),
             "memory_zero_pages": zero_pages,
             "memory_zero_mib": _mib(zero_pages * page_size) if zero_pages is not None else None,
             "iterations": source.get("memory_iteration", last.get("iteration")),

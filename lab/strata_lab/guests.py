@@ -50,7 +50,11 @@ def console_path(state: LabState, name: str) -> Path:
 
 
 def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) -> str:
-    cmdline = f"console=ttyS0 quiet strata.name={guest.name} strata.workload={guest.workload}"
+    # pti=on: QEMU 7.2's TCG misses guest writes made through TLB entries that were already
+    # dirty when migration cleared its bitmap (fixed upstream in 2024), which can corrupt a
+    # migrated guest. Page-table isolation switches CR3, and so flushes QEMU's TLB, on every
+    # kernel entry and exit, so writes are tracked again within milliseconds.
+    cmdline = f"console=ttyS0 quiet pti=on strata.name={guest.name} strata.workload={guest.workload}"
     cpu = (
         "<cpu mode='host-passthrough'/>"
         if state.domain_type == "kvm"

@@ -51,7 +51,6 @@ class StrataModule(AnsibleModule):
         # Set before AnsibleModule.__init__, whose argument checks may call fail_json.
         self._client: t.Optional[LibvirtClient] = None
         super().__init__(argument_spec=spec, **kwargs)
-        self.no_log_values.update(uri_secrets(self.params["uri"]))
         if not HAS_LIBVIRT:
             self.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
         if self.params["connect_timeout_s"] < 1:
@@ -63,6 +62,14 @@ class StrataModule(AnsibleModule):
             validate_uri(self.params["uri"])
         except LibvirtUriError as exc:
             self.fail_from(exc)
+
+    def _load_params(self) -> None:
+        # Mask URI passwords as soon as the parameters exist, before any check can fail and
+        # echo them: every option named uri or *_uri (the source, a destination) counts.
+        super()._load_params()
+        for option, value in self.params.items():
+            if (option == "uri" or option.endswith("_uri")) and isinstance(value, str):
+                self.no_log_values.update(uri_secrets(value))
 
     @property
     def display_uri(self) -> str:

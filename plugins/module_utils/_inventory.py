@@ -565,7 +565,7 @@ def resolve_dirty_rate_timeout(measure_dirty_rate_s: int, timeout_s: t.Optional[
 # ---- gathering from a connection -----------------------------------------
 
 
-def _describe_host(conn: t.Any) -> t.Tuple[t.Optional[str], t.Optional[str]]:
+def describe_host(conn: t.Any) -> t.Tuple[t.Optional[str], t.Optional[str]]:
     """Return (hostname, URI without credentials) for messages; either may be None."""
     try:
         hostname = conn.getHostname()
@@ -578,8 +578,8 @@ def _describe_host(conn: t.Any) -> t.Tuple[t.Optional[str], t.Optional[str]]:
     return hostname, uri
 
 
-def _host_label(conn: t.Any) -> str:
-    hostname, uri = _describe_host(conn)
+def host_label(conn: t.Any) -> str:
+    hostname, uri = describe_host(conn)
     if hostname and uri:
         return "host '%s' (%s)" % (hostname, uri)
     return "host '%s'" % (hostname or uri or "unknown")
@@ -724,10 +724,10 @@ def lookup_domain(conn: t.Any, name: str) -> t.Any:
     except LibvirtError as exc:
         if not _vanished(exc):
             raise
-        hostname, uri = _describe_host(conn)
+        hostname, uri = describe_host(conn)
         raise DomainNotFoundError(
             "domain '%s' is not defined on %s; check the name option or the uri option"
-            % (name, _host_label(conn)),
+            % (name, host_label(conn)),
             domain=name,
             host=hostname,
             uri=uri,
@@ -813,7 +813,7 @@ def measure_dirty_rates(
         if state != "running":
             raise DomainNotRunningError(
                 "cannot measure the dirty-page rate of domain '%s' on %s: it is %s, not running"
-                % (dom.name(), _host_label(conn), state),
+                % (dom.name(), host_label(conn), state),
                 domain=dom.name(),
                 state=state,
             )
@@ -825,7 +825,7 @@ def measure_dirty_rates(
             raise DirtyRateError(
                 "cannot start measuring the dirty-page rate of domain '%s' on %s: %s; "
                 "set measure_dirty_rate_s to 0 to skip the measurement"
-                % (dom.name(), _host_label(conn), describe_libvirt_error(exc)),
+                % (dom.name(), host_label(conn), describe_libvirt_error(exc)),
                 domain=dom.name(),
                 libvirt_error_code=libvirt_error_code(exc),
             ) from exc
@@ -839,7 +839,7 @@ def measure_dirty_rates(
             if status is None:
                 raise DirtyRateError(
                     "%s reported no dirty-rate statistics for domain '%s' (did it stop?); "
-                    "set measure_dirty_rate_s to 0 to skip the measurement" % (_host_label(conn), name),
+                    "set measure_dirty_rate_s to 0 to skip the measurement" % (host_label(conn), name),
                     domain=name,
                 )
             if status == DIRTYRATE_MEASURED:
@@ -851,7 +851,7 @@ def measure_dirty_rates(
         if remaining <= 0:
             raise DirtyRateError(
                 "the dirty-page rate of domain(s) %s on %s was not measured within %s s "
-                "(dirty_rate_timeout_s)" % (", ".join("'%s'" % n for n in sorted(pending)), _host_label(conn), timeout_s),
+                "(dirty_rate_timeout_s)" % (", ".join("'%s'" % n for n in sorted(pending)), host_label(conn), timeout_s),
                 domains=sorted(pending),
             )
         sleep(min(DIRTY_RATE_POLL_S, remaining))
