@@ -20,7 +20,7 @@ Run from the repository root, with the lab up and the collection staged:
     make stage
     PYTHONPATH=.build/collections .venv/bin/python benchmarks/compaction_benchmark.py [--quick]
 
-Writes benchmarks/results/compaction.json and compaction.md.
+Writes benchmarks/results/compaction.json and compaction.md (with --quick, under results/tmp/).
 """
 
 from __future__ import annotations
@@ -264,6 +264,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     runs = 1 if args.quick else args.runs
+    if args.quick and args.out_dir == RESULTS:
+        args.out_dir = RESULTS / "tmp"  # a smoke run never replaces the committed results
     if runs < 1:
         parser.error("--runs must be at least 1")
     status = lab_status()
