@@ -26,8 +26,13 @@ else:
     LIBVIRT_IMPORT_ERROR = None
 
 
+def _ignore_libvirt_error(_context: t.Any, _error: t.Any) -> None:
+    """Errors reach the caller as exceptions; libvirt's default handler would also print them to stderr."""
+
+
 if HAS_LIBVIRT:
     LibvirtError = libvirt.libvirtError
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 else:
     class LibvirtError(Exception):  # type: ignore[no-redef]
         """Stands in for libvirt.libvirtError so `except LibvirtError` works without libvirt."""
