@@ -53,6 +53,7 @@ MAX_DOWNTIME_MS = 300
 SAMPLE_PERIOD_S = 0.1
 # Target of the validation: transferred MiB within this ratio where pre-copy converges.
 TOLERANCE = 0.30
+CALIBRATION_MEMORY_MIB = 512
 # Heartbeats come every 5 s; wait a little longer for the first one after the move.
 HEARTBEAT_WAIT_S = 8.0
 GUEST_FAILURE = re.compile(r"Kernel panic|Oops:|BUG: ")
@@ -183,7 +184,36 @@ def thin_timeline(timeline: t.List[t.Dict[str, t.Any]], keep_every: int = 5) -> 
     return kept
 
 
-def one_run(label: str, spec: str, timeout_s: float, windows: t.Sequence[int]) -> t.Dict[str, t.Any]:
+def calibrate_qemu_overhead() -> t.Dict[str, t.Any]:
+    """QEMU's own resident memory on the source host, for the memory estimate.
+
+    A fresh idle guest of another size than the measured ones: its QEMU's
+    resident memory less the normal pages the first pass of its migration sent.
+    """
+    name = "cv-calibrate"
+    delete_guest(name)
+    lab("guest", "create", name, "--host", "hv1", "--memory-mib", str(CALIBRATION_MEMORY_MIB))
+    try:
+        time.sleep(2.0)
+        conn = libvirt.open(SRC_URI)
+        try:
+            rss = balloon(conn.lookupByName(name))["rss"]
+        finally:
+            conn.close()
+        result = migration_runner.plain_migrate(
+            SRC_URI, DST_URI, name, bandwidth_mibps=BANDWIDTH_MIBPS, max_downtime_ms=MAX_DOWNTIME_MS,
+            timeout_s=60, sample_period_s=SAMPLE_PERIOD_S,
+        )
+        sent = first_pass_mib(result)
+        return {"guest_memory_mib": CALIBRATION_MEMORY_MIB, "qemu_rss_mib": rss, "first_pass_mib": round(sent, 1),
+                "qemu_overhead_mib": round(rss - sent, 1)}
+    finally:
+        delete_guest(name)
+
+
+def one_run(
+    label: str, spec: str, timeout_s: float, windows: t.Sequence[int], qemu_overhead_mib: t.Optional[float]
+) -> t.Dict[str, t.Any]:
     name = "cv-%s" % label
     delete_guest(name)
     lab("guest", "create", name, "--host", "hv1", "--memory-mib", str(GUEST_MEMORY_MIB), "--workload", spec)
@@ -196,7 +226,9 @@ def one_run(label: str, spec: str, timeout_s: float, windows: t.Sequence[int]) -
             samples = measure(dom, windows)
         finally:
             conn.close()
-        memory_mib = max(0.0, memory["actual"] - memory["unused"])
+        memory_estimate = convergence.estimate_memory_to_send(
+            memory["actual"], max(0.0, memory["actual"] - memory["unused"]), memory.get("rss"), qemu_overhead_mib)
+        memory_mib = memory_estimate.memory_mib
         estimate = convergence.estimate_hot_set(samples, memory_mib)
         inputs = convergence.MigrationInputs(
             memory_mib=memory_mib,
@@ -220,6 +252,7 @@ def one_run(label: str, spec: str, timeout_s: float, windows: t.Sequence[int]) -
             inputs.to_dict(), memory_mib=measured_memory, zero_page_mib=GUEST_MEMORY_MIB - measured_memory))
         return {
             "balloon_mib": memory,
+            "memory_estimate": memory_estimate.to_dict(),
             "dirty_rate_samples": [{"window_s": w, "dirty_rate_mibps": r} for w, r in samples],
             "hot_set_estimate": estimate.to_dict(),
             "inputs": inputs.to_dict(),
@@ -321,6 +354,13 @@ def markdown(report: t.Dict[str, t.Any]) -> str:
         % (" --quick" if meta["quick"] else "", meta["date"], meta["libvirt_version"], meta["qemu_version"],
            GUEST_MEMORY_MIB, meta["bandwidth_mibps"], meta["max_downtime_ms"], meta["repetitions"]),
         "",
+        "QEMU's own resident memory on hv1, for the memory estimate: %s MiB%s."
+        % (_cell(meta.get("qemu_overhead", {}).get("qemu_overhead_mib")),
+           " (given)" if meta.get("qemu_overhead", {}).get("given")
+           else " (calibrated: a %s MiB idle guest's QEMU resident memory %s MiB less the %s MiB its first pass sent)"
+           % (meta.get("qemu_overhead", {}).get("guest_memory_mib"), meta.get("qemu_overhead", {}).get("qemu_rss_mib"),
+              meta.get("qemu_overhead", {}).get("first_pass_mib"))),
+        "",
         "| workload | D MiB/s | hot set MiB | memory est. MiB (first pass) | converges pred / actual "
         "| rounds pred / actual | transferred MiB pred / actual (ratio) | with first-pass memory: MiB (ratio), s (ratio) "
         "| total s pred / actual (ratio) | downtime ms pred / actual | guest ok |",
@@ -368,12 +408,14 @@ def markdown(report: t.Dict[str, t.Any]) -> str:
 
 
 NOTES = (
-    "Memory estimate: balloon `actual - unused`, the guest's own view of memory in use. Memory the guest "
-    "used and freed keeps its contents and still crosses as normal pages, and the balloon cannot see it: "
-    "`stale:150` sends ~150 MiB more than the estimate, and even `idle` carries ~25 MiB of boot-time "
-    "leftovers (the compressed kernel and initramfs QEMU loaded, freed once unpacked). Compaction "
-    "(ballooning out free memory first) turns that memory into zero pages and makes the estimate right; "
-    "without it the estimate is a lower bound and the guest's `actual` size an upper bound.",
+    "Memory estimate: memory the guest used and freed keeps its contents and still crosses as normal pages, "
+    "and the guest's balloon statistics cannot see it (`actual - unused` is only what it uses now: ~65 MiB "
+    "for `idle` and `stale:150` alike). QEMU's resident memory (balloon statistic `rss`) holds every page the "
+    "guest ever wrote plus QEMU's own share, so the estimate is `rss` less that share, kept between "
+    "`actual - unused` and `actual` (`_convergence.estimate_memory_to_send`, the pre-flight's "
+    "`qemu_overhead_mib`). The share is measured once per run with a calibration guest of another size "
+    "(512 MiB, idle): its `rss` less the normal pages its first pass sent. After compaction `actual - unused` "
+    "alone is exact.",
     "The column 'with first-pass memory' feeds the model the non-zero memory QEMU really sent in its first "
     "pass: it separates the error of the memory estimate from the error of the round model.",
     "Predicted downtime is an upper bound: the model sends the stop-and-copy rest at the capped bandwidth "
@@ -381,8 +423,9 @@ NOTES = (
     "QEMU 7.2 under TCG loses guest writes during migration: the fast path of "
     "cpu_physical_memory_sync_dirty_bitmap clears dirty bits without resetting the TCG TLB, so stores through "
     "TLB entries already marked dirty are not tracked (fixed upstream by 'system/physmem: Fix migration dirty "
-    "bitmap coherency with TCG memory access', Feb 2024; not in Debian 12's 7.2). How much is lost varies from "
-    "run to run: in other runs of this script the `hot:128:48:0` guest 'converged' 3 times out of 3 after 4-11 "
+    "bitmap coherency with TCG memory access', Feb 2024; not in Debian 12's 7.2). Lab guests now boot with "
+    "`pti=on`, which reloads CR3 (and so flushes QEMU's TLB) on every kernel entry and exit. Before that, in "
+    "other runs of this script the `hot:128:48:0` guest 'converged' 3 times out of 3 after 4-11 "
     "rounds with only ~25 MiB re-sent per round, and all three `hot:128:96:2560` guests hit a kernel BUG or "
     "panic right after the move (stale pages on the destination). The guest column checks for that. KVM hosts "
     "and fixed QEMU track every write.",
@@ -428,6 +471,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="one repetition, one 1 s and one 4 s window")
     parser.add_argument("--repetitions", type=int, default=None, help="repetitions per workload (default 3)")
+    parser.add_argument("--qemu-overhead-mib", type=float, default=None,
+                        help="QEMU's own resident memory on hv1; measured with a calibration guest when not given")
     parser.add_argument("--only", action="append", default=[], help="run only this workload label (repeatable)")
     parser.add_argument("--render-only", metavar="JSON",
                         help="summarize an earlier JSON result again and rewrite it and its .md; no lab needed")
@@ -458,12 +503,18 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         "workloads": [],
         "notes": list(NOTES),
     }
+    if args.qemu_overhead_mib is None:
+        calibration = calibrate_qemu_overhead()
+        print("calibration: QEMU's own resident memory %.1f MiB" % calibration["qemu_overhead_mib"], flush=True)
+    else:
+        calibration = {"qemu_overhead_mib": args.qemu_overhead_mib, "given": True}
+    report["meta"]["qemu_overhead"] = calibration
     for label, spec, timeout_s in WORKLOADS:
         if args.only and label not in args.only:
             continue
         runs = []
         for repetition in range(repetitions):
-            run = one_run(label, spec, timeout_s, windows)
+            run = one_run(label, spec, timeout_s, windows, calibration["qemu_overhead_mib"])
             runs.append(run)
             actual = run["actual"]
             print("%-7s #%d predicted %s, %.0f MiB | actual %s, %.0f MiB, %s ms, downtime %s ms | guest %s" % (

@@ -286,6 +286,59 @@ def estimate_hot_set(samples: t.Sequence[t.Tuple[float, float]], memory_mib: flo
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """How much guest memory holds data, which a pre-copy sends as normal pages.
+
+    lower_mib: what the guest uses now (balloon actual - unused); exact after compaction.
+    upper_mib: the guest's current size (balloon actual).
+    source: "qemu_rss" when estimated from the host's view, else "guest_used".
+    """
+
+    memory_mib: float
+    lower_mib: float
+    upper_mib: float
+    source: str
+    reason: str
+
+    def to_dict(self) -> t.Dict[str, t.Any]:
+        return dataclasses.asdict(self)
+
+
+def estimate_memory_to_send(
+    current_mib: float,
+    guest_used_mib: float,
+    qemu_rss_mib: t.Optional[float] = None,
+    qemu_overhead_mib: t.Optional[float] = None,
+) -> MemoryEstimate:
+    """Estimate the memory a plain pre-copy sends as normal pages.
+
+    The guest's own statistics show only what it uses now: memory it used and
+    freed keeps its contents (Linux does not clear freed pages) and still
+    crosses the wire. The host sees it: QEMU's resident memory holds every guest
+    page ever written, plus QEMU's own memory. Given that own share on the
+    source host (qemu_overhead_mib), the estimate is rss - overhead, kept
+    between what the guest uses and its current size; without it, the
+    estimate is what the guest uses, a lower bound (exact after compaction).
+    """
+    current_mib = _check_number("current_mib", current_mib)
+    lower = min(_check_number("guest_used_mib", guest_used_mib), current_mib)
+    if qemu_rss_mib is None or qemu_overhead_mib is None:
+        return MemoryEstimate(
+            lower, lower, current_mib, "guest_used",
+            "%s MiB the guest uses now; memory it used and freed also crosses unless it is compacted first "
+            "(give qemu_overhead_mib to estimate it from QEMU's resident memory)" % _fmt(lower),
+        )
+    rss = _check_number("qemu_rss_mib", qemu_rss_mib)
+    overhead = _check_number("qemu_overhead_mib", qemu_overhead_mib)
+    touched = min(max(rss - overhead, lower), current_mib)
+    return MemoryEstimate(
+        touched, lower, current_mib, "qemu_rss",
+        "%s MiB: QEMU's %s MiB resident less its own %s MiB, within %s-%s MiB (used now - current size)"
+        % (_fmt(touched), _fmt(rss), _fmt(overhead), _fmt(lower), _fmt(current_mib)),
+    )
+
+
 @dataclasses.dataclass
 class _Precopy:
     """The raw course of pre-copy: live rounds and what is left after the last one."""

@@ -23,8 +23,10 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    MemoryEstimate,
     MigrationInputs,
     choose_strategy,
+    estimate_memory_to_send,
 )
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
     DomainFacts,
@@ -125,6 +127,7 @@ class PreflightOptions:
     bandwidth_mibps: int = 0
     max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS
     allow_postcopy: bool = False
+    qemu_overhead_mib: t.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -265,6 +268,7 @@ def preflight_options(
     bandwidth_mibps: int = 0,
     max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS,
     allow_postcopy: bool = False,
+    qemu_overhead_mib: t.Optional[int] = None,
 ) -> PreflightOptions:
     """Check the options before any connection is opened."""
     if not name:
@@ -275,6 +279,8 @@ def preflight_options(
         raise PreflightError("dest_uri: %s" % exc, option="dest_uri", **exc.details) from exc
     _non_negative(reserve_mib, "reserve_mib")
     _non_negative(bandwidth_mibps, "bandwidth_mibps")
+    if qemu_overhead_mib is not None:
+        _non_negative(qemu_overhead_mib, "qemu_overhead_mib")
     if dest_capacity_mib is not None and dest_capacity_mib < 1:
         raise PreflightError(
             "dest_capacity_mib must be at least 1 (MiB) when given, got %d" % dest_capacity_mib,
@@ -296,6 +302,7 @@ def preflight_options(
         bandwidth_mibps=bandwidth_mibps,
         max_downtime_ms=max_downtime_ms,
         allow_postcopy=allow_postcopy,
+        qemu_overhead_mib=qemu_overhead_mib,
     )
 
 
@@ -400,13 +407,17 @@ def parse_canonical_machine(document: str) -> t.Optional[str]:
     return text or None
 
 
-def memory_to_send_mib(domain: DomainFacts) -> int:
-    """Guest memory a migration would send: balloon size less the guest's unused memory
-    when the guest reports statistics, else the current memory."""
+def memory_to_send(domain: DomainFacts, qemu_overhead_mib: t.Optional[int] = None) -> MemoryEstimate:
+    """Guest memory a migration would send as normal pages (see estimate_memory_to_send).
+
+    Without balloon statistics nothing better than the current memory is known.
+    """
     balloon = domain.balloon
     if balloon.actual_mib and balloon.unused_mib is not None:
-        return max(balloon.actual_mib - balloon.unused_mib, 0)
-    return domain.memory_current_mib
+        used = max(balloon.actual_mib - balloon.unused_mib, 0)
+        return estimate_memory_to_send(balloon.actual_mib, used, balloon.rss_mib, qemu_overhead_mib)
+    current = domain.memory_current_mib
+    return MemoryEstimate(current, current, current, "current", "no balloon statistics: the current memory")
 
 
 def _dest_domains(data: PreflightData) -> t.Tuple[t.List[DomainSummary], t.List[DomainSummary]]:
@@ -854,7 +865,8 @@ def predict(data: PreflightData, options: PreflightOptions) -> t.Optional[t.Dict
     """The pre-copy model's prediction from the measured dirty rate, or None without one."""
     if data.domain is None or data.dirty_rate_mibps is None:
         return None
-    memory_mib = memory_to_send_mib(data.domain)
+    memory = memory_to_send(data.domain, options.qemu_overhead_mib)
+    memory_mib = memory.memory_mib
     # The rest of the guest's RAM is free in the guest or ballooned out: counted as zero pages.
     zero_page_mib = max(data.domain.memory_max_mib - memory_mib, 0)
     bandwidth = options.bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS
@@ -870,6 +882,7 @@ def predict(data: PreflightData, options: PreflightOptions) -> t.Optional[t.Dict
     prediction["candidates"] = [candidate.to_dict() for candidate in candidates]
     prediction["inputs"] = {
         "memory_mib": memory_mib,
+        "memory_estimate": memory.to_dict(),
         "zero_page_mib": zero_page_mib,
         "dirty_rate_mibps": data.dirty_rate_mibps,
         "bandwidth_mibps": bandwidth,

@@ -22,6 +22,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     MigrationInputs,
     choose_strategy,
     estimate_hot_set,
+    estimate_memory_to_send,
     predict_layered,
     predict_postcopy,
     predict_precopy,
@@ -443,3 +444,51 @@ def test_inputs_accept_edges():
     prediction = predict_precopy(inputs)
     assert prediction.converges is True
     assert prediction.total_s == approx(0.02)
+
+
+# ---- estimate_memory_to_send ------------------------------------------------
+
+
+def test_memory_estimate_without_overhead_is_what_the_guest_uses():
+    # 256 MiB guest, 191 MiB unused: it uses 65 MiB now; nothing says more.
+    estimate = estimate_memory_to_send(256, 65, qemu_rss_mib=328)
+    assert (estimate.memory_mib, estimate.lower_mib, estimate.upper_mib) == (65, 65, 256)
+    assert estimate.source == "guest_used"
+    assert "qemu_overhead_mib" in estimate.reason
+
+
+def test_memory_estimate_from_qemu_rss_sees_freed_memory():
+    # Lab stale:150 guest: QEMU resident 328.4 MiB, QEMU's own 118 MiB -> 210.4 MiB hold data
+    # (the migration sent 217 MiB); the guest itself reports only 64.6 MiB in use.
+    estimate = estimate_memory_to_send(256, 64.6, qemu_rss_mib=328.4, qemu_overhead_mib=118)
+    assert estimate.memory_mib == pytest.approx(210.4)
+    assert estimate.source == "qemu_rss"
+
+
+@pytest.mark.parametrize(
+    "rss, expected",
+    [
+        (150.0, 65.0),   # 150 - 118 = 32 is below what the guest uses: the lower bound holds
+        (500.0, 256.0),  # 500 - 118 = 382 is above the guest's size: the upper bound holds
+    ],
+)
+def test_memory_estimate_stays_within_bounds(rss, expected):
+    assert estimate_memory_to_send(256, 65, rss, 118).memory_mib == expected
+
+
+def test_memory_estimate_used_above_current_is_capped():
+    assert estimate_memory_to_send(128, 200).memory_mib == 128
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"current_mib": -1, "guest_used_mib": 0}, "current_mib"),
+        ({"current_mib": 1, "guest_used_mib": -1}, "guest_used_mib"),
+        ({"current_mib": 1, "guest_used_mib": 0, "qemu_rss_mib": -5, "qemu_overhead_mib": 1}, "qemu_rss_mib"),
+        ({"current_mib": 1, "guest_used_mib": 0, "qemu_rss_mib": 5, "qemu_overhead_mib": -1}, "qemu_overhead_mib"),
+    ],
+)
+def test_memory_estimate_rejects_negative_figures(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        estimate_memory_to_send(**kwargs)

@@ -229,15 +229,23 @@ def test_parse_pool_target_path_and_canonical_machine():
     assert preflight.parse_canonical_machine("<domainCapabilities/>") is None
 
 
-@pytest.mark.parametrize("balloon, expected", [
-    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=200), 56),
-    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=300), 0),
-    (BalloonFacts(True, "virtio", 1, actual_mib=0, unused_mib=0), 256),
-    (BalloonFacts(True, "virtio", 1, actual_mib=256), 256),
-    (BalloonFacts(False, None, None), 256),
+@pytest.mark.parametrize("balloon, overhead, expected, source", [
+    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=200), None, 56, "guest_used"),
+    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=300), None, 0, "guest_used"),
+    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=200, rss_mib=300), None, 56, "guest_used"),
+    (BalloonFacts(True, "virtio", 1, actual_mib=256, unused_mib=200, rss_mib=300), 118, 182, "qemu_rss"),
+    (BalloonFacts(True, "virtio", 1, actual_mib=0, unused_mib=0), None, 256, "current"),
+    (BalloonFacts(True, "virtio", 1, actual_mib=256), None, 256, "current"),
+    (BalloonFacts(False, None, None), None, 256, "current"),
 ])
-def test_memory_to_send(balloon, expected):
-    assert preflight.memory_to_send_mib(domain(balloon=balloon)) == expected
+def test_memory_to_send(balloon, overhead, expected, source):
+    estimate = preflight.memory_to_send(domain(balloon=balloon), overhead)
+    assert (estimate.memory_mib, estimate.source) == (expected, source)
+
+
+def test_qemu_overhead_must_not_be_negative():
+    with pytest.raises(preflight.PreflightError, match="qemu_overhead_mib"):
+        preflight.preflight_options(name="vm", dest_uri="qemu+tcp://127.0.0.12/system", qemu_overhead_mib=-1)
 
 
 def test_host_summary_hides_the_password():
