@@ -27,6 +27,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtError,
     StrataError,
     describe_libvirt_error,
+    is_unsupported,
     libvirt_error_code,
     redact_uri,
 )
@@ -605,7 +606,7 @@ def _host_memory(conn: t.Any, info: t.Sequence[t.Any]) -> t.Tuple[int, int, int,
     try:
         stats = conn.getMemoryStats(NODE_MEMORY_STATS_ALL_CELLS)
     except LibvirtError as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         free_mib = int(conn.getFreeMemory()) // (KIB_PER_MIB * KIB_PER_MIB)
         return int(info[1]), free_mib, free_mib, "node_info"
@@ -631,16 +632,12 @@ def _vanished(exc: BaseException) -> bool:
     return libvirt_error_code(exc) == ERR_NO_DOMAIN
 
 
-def _unsupported(exc: BaseException) -> bool:
-    return libvirt_error_code(exc) in (ERR_NO_SUPPORT, ERR_OPERATION_UNSUPPORTED)
-
-
 def _gather_networks(conn: t.Any) -> t.List[NetworkSummary]:
     try:
         all_networks = conn.listAllNetworks(0)
     except LibvirtError as exc:
         # A connection without a network driver (embedded QEMU) has no networks to list.
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         return []
     networks = []
@@ -663,7 +660,7 @@ def _gather_storage_pools(conn: t.Any) -> t.List[StoragePoolSummary]:
     try:
         all_pools = conn.listAllStoragePools(0)
     except LibvirtError as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         return []
     pools = [
@@ -752,12 +749,15 @@ def _balloon_facts(dom: t.Any, parsed: DomainXml, active: bool) -> BalloonFacts:
     )
 
 
-def domain_facts(dom: t.Any) -> DomainFacts:
-    """Collect DomainFacts for one virDomain (live XML when it runs)."""
+def domain_facts(dom: t.Any, domain_xml: t.Optional[str] = None) -> DomainFacts:
+    """Collect DomainFacts for one virDomain (live XML when it runs).
+
+    domain_xml: the domain's XML when the caller has already read it (it reads more from it).
+    """
     state = dom.state()[0]
     max_kib, current_kib, vcpus = dom.info()[1:4]
     active = bool(dom.isActive())
-    parsed = parse_domain_xml(dom.XMLDesc(0))
+    parsed = parse_domain_xml(domain_xml if domain_xml is not None else dom.XMLDesc(0))
     return DomainFacts(
         name=dom.name(),
         uuid=dom.UUIDString(),

@@ -185,6 +185,11 @@ def libvirt_error_code(exc: BaseException) -> t.Optional[int]:
     return code if isinstance(code, int) else None
 
 
+def is_unsupported(exc: BaseException) -> bool:
+    """True when libvirt says the driver or hypervisor does not offer the call."""
+    return libvirt_error_code(exc) in (ERR_NO_SUPPORT, ERR_OPERATION_UNSUPPORTED)
+
+
 def describe_libvirt_error(exc: BaseException) -> str:
     """Return libvirt's message for `exc` followed by the symbolic error code."""
     getter = getattr(exc, "get_error_message", None)

@@ -41,13 +41,12 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     ERR_NO_DOMAIN,
-    ERR_NO_SUPPORT,
-    ERR_OPERATION_UNSUPPORTED,
     LibvirtClient,
     LibvirtError,
     LibvirtUriError,
     StrataError,
     describe_libvirt_error,
+    is_unsupported,
     libvirt_error_code,
     redact_uri,
     validate_uri,
@@ -943,10 +942,6 @@ def _libvirt_failure(role: str, uri: str, exc: BaseException) -> PreflightError:
     )
 
 
-def _unsupported(exc: BaseException) -> bool:
-    return libvirt_error_code(exc) in (ERR_NO_SUPPORT, ERR_OPERATION_UNSUPPORTED)
-
-
 def probe_cpu(dest_conn: t.Any, domain: DomainFacts, xml: MigrationXml) -> CpuProbe:
     """Ask the destination whether it can provide the domain's CPU."""
     if xml.cpu_xml is None:
@@ -984,7 +979,7 @@ def _pool_target_paths(dest_conn: t.Any) -> t.Dict[str, t.Any]:
     try:
         pools = dest_conn.listAllStoragePools(0)
     except LibvirtError as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         return {}
     paths = {}
@@ -1001,7 +996,7 @@ def _volume_pool_by_path(dest_conn: t.Any, path: str) -> t.Optional[str]:
     try:
         volume = dest_conn.storageVolLookupByPath(path)
     except LibvirtError as exc:
-        if libvirt_error_code(exc) == ERR_NO_STORAGE_VOL or _unsupported(exc):
+        if libvirt_error_code(exc) == ERR_NO_STORAGE_VOL or is_unsupported(exc):
             return None
         raise
     return volume.storagePoolLookupByVolume().name()
@@ -1033,7 +1028,7 @@ def _locate_volume(dest_conn: t.Any, source: str) -> t.Tuple[bool, t.Optional[st
     try:
         pool = dest_conn.storagePoolLookupByName(pool_name)
     except LibvirtError as exc:
-        if libvirt_error_code(exc) == ERR_NO_STORAGE_POOL or _unsupported(exc):
+        if libvirt_error_code(exc) == ERR_NO_STORAGE_POOL or is_unsupported(exc):
             return False, None
         raise
     try:
@@ -1075,7 +1070,7 @@ def list_active_interfaces(dest_conn: t.Any) -> t.Optional[t.List[str]]:
     try:
         interfaces = dest_conn.listAllInterfaces(LIST_INTERFACES_ACTIVE)
     except LibvirtError as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         return None
     return sorted(interface.name() for interface in interfaces)
@@ -1085,7 +1080,7 @@ def _snapshot_count(dom: t.Any) -> int:
     try:
         return int(dom.snapshotNum(0))
     except LibvirtError as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         return 0
 
@@ -1116,9 +1111,13 @@ def gather_preflight(
     try:
         source = gather_host_facts(source_conn)
         dom = _lookup_source_domain(source_conn, options.name)
-        facts = domain_facts(dom) if dom is not None else None
-        xml = parse_migration_xml(dom.XMLDesc(0)) if dom is not None else MigrationXml()
-        snapshots = _snapshot_count(dom) if dom is not None else 0
+        facts, xml, snapshots = None, MigrationXml(), 0
+        if dom is not None:
+            # One read of the domain's XML serves its facts and the migration details.
+            document = dom.XMLDesc(0)
+            facts = domain_facts(dom, document)
+            xml = parse_migration_xml(document)
+            snapshots = _snapshot_count(dom)
     except LibvirtError as exc:
         raise _libvirt_failure("source", source_uri, exc) from exc
     try:

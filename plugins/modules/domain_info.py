@@ -20,6 +20,7 @@ author:
   - strata.migration developers (@strata-migration)
 extends_documentation_fragment:
   - strata.migration.connection
+  - strata.migration.attributes.read_only
 options:
   name:
     description:
@@ -43,13 +44,6 @@ options:
       - Upper bound, in seconds, on the whole dirty-rate measurement, counted from its start.
       - Must be longer than O(measure_dirty_rate_s). Defaults to O(measure_dirty_rate_s) plus 10 seconds.
     type: int
-attributes:
-  check_mode:
-    description: Runs normally in check mode; it only reads.
-    support: full
-  diff_mode:
-    description: Returns no diff; nothing changes.
-    support: none
 seealso:
   - module: strata.migration.host_info
 """

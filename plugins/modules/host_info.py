@@ -17,13 +17,7 @@ author:
   - strata.migration developers (@strata-migration)
 extends_documentation_fragment:
   - strata.migration.connection
-attributes:
-  check_mode:
-    description: Runs normally in check mode; it only reads.
-    support: full
-  diff_mode:
-    description: Returns no diff; nothing changes.
-    support: none
+  - strata.migration.attributes.read_only
 seealso:
   - module: strata.migration.domain_info
 """

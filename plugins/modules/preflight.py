@@ -67,6 +67,7 @@ author:
   - strata.migration developers (@strata-migration)
 extends_documentation_fragment:
   - strata.migration.connection
+  - strata.migration.attributes.read_only
 options:
   name:
     description:
@@ -153,13 +154,6 @@ options:
         says whether the migration can go.
     type: bool
     default: true
-attributes:
-  check_mode:
-    description: Runs normally in check mode; it only reads.
-    support: full
-  diff_mode:
-    description: Returns no diff; nothing changes.
-    support: none
 notes:
   - The destination's memory comes from libvirt's node memory statistics. Where several hosts share one machine, or
     memory is reserved for other uses, declare the capacity with O(dest_capacity_mib).
