@@ -15,10 +15,9 @@ state; the two modes alternate within a run. Reported per measurement and as
 medians: bytes sent, migration time, downtime, the destination QEMU's resident
 memory after the migration, and for compaction its own time.
 
-Run from the repository root, with the lab up and the collection staged:
+Run from the repository root, with the lab up:
 
-    make stage
-    PYTHONPATH=.build/collections .venv/bin/python benchmarks/compaction_benchmark.py [--quick]
+    .venv/bin/python benchmarks/compaction_benchmark.py [--quick]
 
 Writes benchmarks/results/compaction.json and compaction.md (with --quick, under results/tmp/).
 """
@@ -32,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import typing as t
@@ -40,15 +38,20 @@ from pathlib import Path
 
 import libvirt
 
+import labkit
 import migration_runner
-from ansible_collections.strata.migration.plugins.module_utils._compaction import (
+from labkit import create_guest, delete_guest, host_uri
+
+labkit.use_collection()
+# pylint: disable-next=wrong-import-position
+from ansible_collections.strata.migration.plugins.module_utils._compaction import (  # noqa: E402
     compaction_params,
     ensure_compacted,
     ensure_restored,
 )
+from ansible_collections.strata.migration.plugins.module_utils._inventory import format_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-LAB_TOOL = ROOT / "lab" / "strata-lab"
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("plain", "compacted")
 # Seconds between the guest's ready marker and the measurement: a few balloon
@@ -56,30 +59,6 @@ MODES = ("plain", "compacted")
 SETTLE_S = 3.0
 # Seconds after the migration before the destination's RSS is read.
 RSS_SETTLE_S = 1.0
-
-
-def lab_status() -> t.List[t.Dict[str, t.Any]]:
-    done = subprocess.run([str(LAB_TOOL), "status", "--json"], check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)
-
-
-def host_uri(status: t.List[t.Dict[str, t.Any]], name: str) -> str:
-    for host in status:
-        if host.get("name") == name:
-            return host["uri"]
-    raise SystemExit("lab host %s is not in `strata-lab status`; run `lab/strata-lab up`" % name)
-
-
-def create_guest(name: str, host: str, memory_mib: int, workload: str) -> None:
-    subprocess.run(
-        [str(LAB_TOOL), "guest", "create", name, "--host", host, "--memory-mib", str(memory_mib),
-         "--workload", workload],
-        check=True, capture_output=True, text=True,
-    )
-
-
-def delete_guest(name: str) -> None:
-    subprocess.run([str(LAB_TOOL), "guest", "delete", name], check=False, capture_output=True, text=True)
 
 
 def compact(uri: str, name: str) -> t.Dict[str, t.Any]:
@@ -183,13 +162,9 @@ def environment(src_uri: str) -> t.Dict[str, t.Any]:
         lib, hv = conn.getLibVersion(), conn.getVersion()
     finally:
         conn.close()
-
-    def version(number: int) -> str:
-        return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
-
     return {
-        "libvirt": version(lib),
-        "qemu": version(hv),
+        "libvirt": format_version(lib),
+        "qemu": format_version(hv),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -268,8 +243,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         args.out_dir = RESULTS / "tmp"  # a smoke run never replaces the committed results
     if runs < 1:
         parser.error("--runs must be at least 1")
-    status = lab_status()
-    src_uri, dst_uri = host_uri(status, args.src), host_uri(status, args.dst)
+    src_uri, dst_uri = host_uri(args.src), host_uri(args.dst)
     measurements = []
     for run in range(1, runs + 1):
         for mode in MODES:

@@ -23,27 +23,23 @@ guest at a time, named cv-<workload>, and deletes it.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import typing as t
 
 import libvirt
 
+import labkit
 import migration_runner
+from labkit import create_guest, delete_guest
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-LAB = os.path.join(REPO_ROOT, "lab", "strata-lab")
 CONSOLES_DIR = "/var/lib/strata-lab/consoles"
 SRC_URI = "qemu+tcp://127.0.0.11/system"
 DST_URI = "qemu+tcp://127.0.0.12/system"
@@ -59,23 +55,9 @@ HEARTBEAT_WAIT_S = 8.0
 GUEST_FAILURE = re.compile(r"Kernel panic|Oops:|BUG: ")
 
 
-def _import_collection() -> t.Tuple[t.Any, t.Any]:
-    """Import the collection's module_utils from this checkout, staged or not.
-
-    A temporary ansible_collections/strata/migration symlink to the checkout
-    gives Python the package path the collection's imports use.
-    """
-    root = tempfile.mkdtemp(prefix="strata-cv-")
-    atexit.register(shutil.rmtree, root, True)
-    link = os.path.join(root, "ansible_collections", "strata", "migration")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(REPO_ROOT, link)
-    sys.path.insert(0, root)
-    from ansible_collections.strata.migration.plugins.module_utils import _convergence, _inventory
-    return _convergence, _inventory
-
-
-convergence, inventory = _import_collection()
+labkit.use_collection()
+# pylint: disable-next=wrong-import-position
+from ansible_collections.strata.migration.plugins.module_utils import _convergence as convergence, _inventory as inventory  # noqa: E402
 
 # label, workload spec, migration timeout (s). "steady" dirties 10 MiB/s of a 96 MiB
 # set whose cycle (9.6 s) is longer than its migration; "hot" rewrites 48 MiB as fast
@@ -86,19 +68,6 @@ WORKLOADS = (
     ("steady", "hot:128:96:2560", 60),
     ("hot", "hot:128:48:0", 30),
 )
-
-
-def lab(*args: str) -> t.Dict[str, t.Any]:
-    """Run lab/strata-lab; return its last JSON line (or {})."""
-    done = subprocess.run([LAB] + list(args), check=True, capture_output=True, text=True)
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {}
-
-
-def delete_guest(name: str) -> None:
-    subprocess.run([LAB, "guest", "delete", name], check=False, capture_output=True, text=True)
 
 
 def console_size(name: str) -> int:
@@ -192,7 +161,7 @@ def calibrate_qemu_overhead() -> t.Dict[str, t.Any]:
     """
     name = "cv-calibrate"
     delete_guest(name)
-    lab("guest", "create", name, "--host", "hv1", "--memory-mib", str(CALIBRATION_MEMORY_MIB))
+    create_guest(name, "hv1", CALIBRATION_MEMORY_MIB)
     try:
         time.sleep(2.0)
         conn = libvirt.open(SRC_URI)
@@ -216,7 +185,7 @@ def one_run(
 ) -> t.Dict[str, t.Any]:
     name = "cv-%s" % label
     delete_guest(name)
-    lab("guest", "create", name, "--host", "hv1", "--memory-mib", str(GUEST_MEMORY_MIB), "--workload", spec)
+    create_guest(name, "hv1", GUEST_MEMORY_MIB, spec)
     try:
         time.sleep(2.0)  # a fresh balloon statistics period after the workload's setup
         conn = libvirt.open(SRC_URI)
@@ -458,13 +427,9 @@ def render(path: str) -> int:
 def versions() -> t.Tuple[str, str]:
     conn = libvirt.open(SRC_URI)
     try:
-        return _version_text(conn.getLibVersion()), _version_text(conn.getVersion())
+        return inventory.format_version(conn.getLibVersion()), inventory.format_version(conn.getVersion())
     finally:
         conn.close()
-
-
-def _version_text(number: int) -> str:
-    return "%d.%d.%d" % (number // 1000000, (number // 1000) % 1000, number % 1000)
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
@@ -483,8 +448,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     repetitions = args.repetitions or (1 if args.quick else 3)
     windows = (1, 4) if args.quick else (1, 1, 1, 4, 4)
-    subprocess.run([LAB, "up"], check=True, capture_output=True)
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    labkit.lab("up")
     libvirt_version, qemu_version = versions()
     report: t.Dict[str, t.Any] = {
         "meta": {

@@ -22,3 +22,38 @@ class FakeLibvirtError(LibvirtError):
 
     def get_error_message(self):
         return self._message
+
+
+class FakeClock:
+    """A monotonic clock whose sleep only advances it, recording each sleep."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class FakeNetwork:
+    def __init__(self, name, active=True, bridge="virbr0", autostart=True, bridge_error=None):
+        self._name, self._active, self._bridge, self._autostart = name, active, bridge, autostart
+        self._bridge_error = bridge_error
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return int(self._active)
+
+    def bridgeName(self):
+        if self._bridge_error is not None:
+            raise self._bridge_error
+        return self._bridge
+
+    def autostart(self):
+        return int(self._autostart)

@@ -34,7 +34,7 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     InventoryParseError,
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
-from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeClock, FakeLibvirtError
 
 MIB = 1024
 
@@ -277,17 +277,6 @@ def test_describe_shortfall(args, expected):
 
 
 # ---- ensure_* with a fake domain --------------------------------------------
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 class FakeConn:

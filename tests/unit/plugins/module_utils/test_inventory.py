@@ -29,7 +29,7 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     resolve_dirty_rate_timeout,
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
-from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeClock, FakeLibvirtError, FakeNetwork
 
 
 # Trimmed from `virsh -c 'qemu:///embed?root=...' capabilities` on Debian 12 (libvirt 9.0, QEMU 7.2).
@@ -308,19 +308,6 @@ NO_DOMAIN = FakeLibvirtError("Domain not found", 42)
 RPC_FAILED = FakeLibvirtError("End of file while reading data", 39)
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 class FakeDomain:
     def __init__(self, name="web1", state=1, xml=QEMU_DOMAIN_XML, persistent=True, info=None,
                  job_type=0, job_error=None, memory_stats=None, memory_stats_error=None,
@@ -401,26 +388,6 @@ class FakeDomain:
 
     def connect(self):
         return self.conn
-
-
-class FakeNetwork:
-    def __init__(self, name, active=True, bridge="virbr0", autostart=True, bridge_error=None):
-        self._name, self._active, self._bridge, self._autostart = name, active, bridge, autostart
-        self._bridge_error = bridge_error
-
-    def name(self):
-        return self._name
-
-    def isActive(self):
-        return int(self._active)
-
-    def bridgeName(self):
-        if self._bridge_error is not None:
-            raise self._bridge_error
-        return self._bridge
-
-    def autostart(self):
-        return int(self._autostart)
 
 
 class FakePool:

@@ -36,7 +36,7 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
     PreflightError,
     PreflightOptions,
 )
-from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError, FakeNetwork
 
 SOURCE_URI = "qemu+tcp://127.0.0.11/system"
 DEST_URI = "qemu+tcp://127.0.0.12/system"
@@ -1012,7 +1012,8 @@ def test_run_preflight_connects_both_and_reports(monkeypatch):
         FakePool("shared", "/srv/shared", volumes=["web1-data.qcow2"]),
         FakePool("scratch", "/srv/scratch", volumes=["web1.img"]),
     ]
-    dest = LibvirtClient(DEST_URI, 5, opener=lambda uri: FakeConn("hv2", pools=pools, networks=[_Network("labnet")]))
+    dest_networks = [FakeNetwork("labnet", bridge="virbr-labnet")]
+    dest = LibvirtClient(DEST_URI, 5, opener=lambda uri: FakeConn("hv2", pools=pools, networks=dest_networks))
     report = preflight.run_preflight(source, dest, options(copy_storage=True, measure_dirty_rate_s=1,
                                                            dirty_rate_timeout_s=11),
                                      sleep=lambda s: None, clock=lambda: 0.0)
@@ -1034,23 +1035,6 @@ def test_run_preflight_names_the_destination_it_cannot_reach():
         preflight.run_preflight(source, dest, options())
     assert error.value.details["option"] == "dest_uri"
     assert "s3cret" not in str(error.value)
-
-
-class _Network:
-    def __init__(self, name):
-        self._name = name
-
-    def name(self):
-        return self._name
-
-    def isActive(self):
-        return 1
-
-    def bridgeName(self):
-        return "virbr-%s" % self._name
-
-    def autostart(self):
-        return 1
 
 
 def _raise(error):
