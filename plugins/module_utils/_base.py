@@ -86,6 +86,8 @@ class StrataModule(AnsibleModule):
     def fail_from(self, exc: BaseException, **result: t.Any) -> t.NoReturn:
         """Fail the module with the message and details of a StrataError or libvirt error.
 
+        `result` holds defaults for the failure result; the error's own details win.
+
         Any other exception is a bug and is re-raised rather than disguised.
         """
         if isinstance(exc, StrataError):
@@ -96,7 +98,7 @@ class StrataModule(AnsibleModule):
             msg = "libvirt at %s: %s" % (self.display_uri, describe_libvirt_error(exc))
         else:
             raise exc
-        details.update(result)
+        details = dict(result, **details)
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.fail_json(msg=msg, exception=trace, **details)
 

@@ -27,6 +27,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtError,
     StrataError,
     describe_libvirt_error,
+    find_domain,
     is_unsupported,
     libvirt_error_code,
     redact_uri,
@@ -716,19 +717,16 @@ def gather_host_facts(conn: t.Any) -> HostFacts:
 
 def lookup_domain(conn: t.Any, name: str) -> t.Any:
     """Return the virDomain called `name`; DomainNotFoundError names domain and host."""
-    try:
-        return conn.lookupByName(name)
-    except LibvirtError as exc:
-        if not _vanished(exc):
-            raise
-        hostname, uri = describe_host(conn)
-        raise DomainNotFoundError(
-            "domain '%s' is not defined on %s; check the name option or the uri option"
-            % (name, host_label(conn)),
-            domain=name,
-            host=hostname,
-            uri=uri,
-        ) from exc
+    dom = find_domain(conn, name)
+    if dom is not None:
+        return dom
+    hostname, uri = describe_host(conn)
+    raise DomainNotFoundError(
+        "domain '%s' is not defined on %s; check the name option or the uri option" % (name, host_label(conn)),
+        domain=name,
+        host=hostname,
+        uri=uri,
+    )
 
 
 def _balloon_facts(dom: t.Any, parsed: DomainXml, active: bool) -> BalloonFacts:

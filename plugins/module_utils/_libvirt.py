@@ -51,6 +51,11 @@ ERR_NO_DOMAIN = 42
 ERR_OPERATION_INVALID = 55
 ERR_OPERATION_UNSUPPORTED = 84
 
+# Keepalive: a host that stops answering on an open connection is declared dead after
+# about interval * (count + 1) s, so no call (a migration's job statistics, say) hangs forever.
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+
 DRIVERS = ("qemu", "test")
 TRANSPORTS = ("ssh", "tcp", "tls", "unix", "libssh", "libssh2")
 QEMU_PATHS = ("/system", "/session")
@@ -190,6 +195,16 @@ def is_unsupported(exc: BaseException) -> bool:
     return libvirt_error_code(exc) in (ERR_NO_SUPPORT, ERR_OPERATION_UNSUPPORTED)
 
 
+def find_domain(conn: t.Any, name: str) -> t.Optional[t.Any]:
+    """The domain called `name` on this connection, or None when the host has no such domain."""
+    try:
+        return conn.lookupByName(name)
+    except LibvirtError as exc:
+        if libvirt_error_code(exc) != ERR_NO_DOMAIN:
+            raise
+        return None
+
+
 def describe_libvirt_error(exc: BaseException) -> str:
     """Return libvirt's message for `exc` followed by the symbolic error code."""
     getter = getattr(exc, "get_error_message", None)
@@ -217,22 +232,62 @@ def _credentials_callback(username: t.Optional[str], password: str) -> t.Callabl
     return answer
 
 
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def ensure_event_loop() -> None:
+    """Start libvirt's default event loop once per process (keepalive needs one).
+
+    It must be registered before the first connection opens.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _enable_keepalive(conn: t.Any) -> None:
+    try:
+        conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    except LibvirtError as exc:
+        # Local drivers (test:///) have no keepalive; they cannot hang on a network either.
+        if not is_unsupported(exc):
+            raise
+
+
 def _open_libvirt(uri: str) -> t.Any:
-    """Open `uri` with libvirt; a userinfo password is answered through the auth callback.
+    """Open `uri` with libvirt, with keepalive; a userinfo password is answered through the auth callback.
 
     libvirt does not read passwords from URIs, so it gets the URI without the
     password and the password is handed to SASL or libssh(2) when they ask.
     """
+    ensure_event_loop()
     parts = urlsplit(uri)
     if parts.password is None:
-        return libvirt.open(uri)
-    username = unquote(parts.username) if parts.username else None
-    auth = [
-        [libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE],
-        _credentials_callback(username, unquote(parts.password)),
-        None,
-    ]
-    return libvirt.openAuth(redact_uri(uri), auth, 0)
+        conn = libvirt.open(uri)
+    else:
+        username = unquote(parts.username) if parts.username else None
+        auth = [
+            [libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE],
+            _credentials_callback(username, unquote(parts.password)),
+            None,
+        ]
+        conn = libvirt.openAuth(redact_uri(uri), auth, 0)
+    try:
+        _enable_keepalive(conn)
+    except LibvirtError:
+        _close_quietly(conn)
+        raise
+    return conn
 
 
 def _close_quietly(conn: t.Any) -> None:

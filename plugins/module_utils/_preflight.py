@@ -48,6 +48,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     describe_libvirt_error,
     is_unsupported,
     libvirt_error_code,
+    find_domain,
     redact_uri,
     validate_uri,
 )
@@ -1085,15 +1086,6 @@ def _snapshot_count(dom: t.Any) -> int:
         return 0
 
 
-def _lookup_source_domain(source_conn: t.Any, name: str) -> t.Optional[t.Any]:
-    try:
-        return source_conn.lookupByName(name)
-    except LibvirtError as exc:
-        if libvirt_error_code(exc) != ERR_NO_DOMAIN:
-            raise
-        return None
-
-
 def gather_preflight(
     source_conn: t.Any,
     dest_conn: t.Any,
@@ -1110,7 +1102,7 @@ def gather_preflight(
     """
     try:
         source = gather_host_facts(source_conn)
-        dom = _lookup_source_domain(source_conn, options.name)
+        dom = find_domain(source_conn, options.name)
         facts, xml, snapshots = None, MigrationXml(), 0
         if dom is not None:
             # One read of the domain's XML serves its facts and the migration details.

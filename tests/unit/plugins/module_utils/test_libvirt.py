@@ -246,9 +246,28 @@ def test_client_never_opened_closes_quietly():
 
 
 @pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason="needs the libvirt binding")
+class _KeepAliveConn:
+    """A connection that records the keepalive it was given."""
+
+    def __init__(self, uri=None, error=None):
+        self.uri = uri
+        self.error = error
+        self.keepalive = None
+        self.closed = False
+
+    def setKeepAlive(self, interval, count):
+        if self.error is not None:
+            raise self.error
+        self.keepalive = (interval, count)
+
+    def close(self):
+        self.closed = True
+
+
 def test_password_goes_to_the_auth_callback_not_the_uri(monkeypatch):
     libvirt = _libvirt.libvirt
     seen = {}
+    conn = _KeepAliveConn()
 
     def open_auth(uri, auth, flags):
         seen["uri"] = uri
@@ -260,11 +279,12 @@ def test_password_goes_to_the_auth_callback_not_the_uri(monkeypatch):
         seen["answer"] = auth[1](credentials, auth[2])
         seen["credentials"] = [credential[4] for credential in credentials]
         seen["refused"] = auth[1]([[libvirt.VIR_CRED_EXTERNAL, "", "", None, None]], None)
-        return "conn"
+        return conn
 
     monkeypatch.setattr(libvirt, "openAuth", open_auth)
     monkeypatch.setattr(libvirt, "open", lambda uri: pytest.fail("password URIs use openAuth"))
-    assert _libvirt._open_libvirt("qemu+tcp://ad%20min:p%40ss@h/system") == "conn"
+    assert _libvirt._open_libvirt("qemu+tcp://ad%20min:p%40ss@h/system") is conn
+    assert conn.keepalive == (_libvirt.KEEPALIVE_INTERVAL_S, _libvirt.KEEPALIVE_COUNT)
     assert seen == {
         "uri": "qemu+tcp://ad%20min@h/system",
         "answer": 0,
@@ -276,9 +296,34 @@ def test_password_goes_to_the_auth_callback_not_the_uri(monkeypatch):
 @pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason="needs the libvirt binding")
 def test_uri_without_password_uses_plain_open(monkeypatch):
     libvirt = _libvirt.libvirt
-    monkeypatch.setattr(libvirt, "open", lambda uri: ("opened", uri))
+    monkeypatch.setattr(libvirt, "open", _KeepAliveConn)
     monkeypatch.setattr(libvirt, "openAuth", lambda *args: pytest.fail("no password, no openAuth"))
-    assert _libvirt._open_libvirt("qemu+ssh://root@h/system") == ("opened", "qemu+ssh://root@h/system")
+    conn = _libvirt._open_libvirt("qemu+ssh://root@h/system")
+    assert conn.uri == "qemu+ssh://root@h/system"
+    assert conn.keepalive == (_libvirt.KEEPALIVE_INTERVAL_S, _libvirt.KEEPALIVE_COUNT)
+
+
+def test_keepalive_unsupported_by_the_driver_is_fine(monkeypatch):
+    libvirt = _libvirt.libvirt
+    unsupported = FakeLibvirtError("keepalive not supported", _libvirt.ERR_NO_SUPPORT)
+    monkeypatch.setattr(libvirt, "open", lambda uri: _KeepAliveConn(uri, error=unsupported))
+    conn = _libvirt._open_libvirt("test:///default")
+    assert conn.keepalive is None and not conn.closed
+
+
+def test_keepalive_failure_closes_the_connection_and_raises(monkeypatch):
+    libvirt = _libvirt.libvirt
+    broken = FakeLibvirtError("connection reset", 38)
+    opened = []
+
+    def open_conn(uri):
+        opened.append(_KeepAliveConn(uri, error=broken))
+        return opened[-1]
+
+    monkeypatch.setattr(libvirt, "open", open_conn)
+    with pytest.raises(FakeLibvirtError):
+        _libvirt._open_libvirt("qemu+tcp://h/system")
+    assert opened[0].closed
 
 
 @pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason="needs the libvirt binding")

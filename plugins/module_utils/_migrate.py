@@ -1,0 +1,452 @@
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""One live migration end to end: measure, check, compact, migrate, verify, restore.
+
+This module is internal to the strata.migration collection. It is not a public
+API and may change without notice.
+
+`run_live_migration` drives the steps through two libvirt connections; the
+decisions are made by the pure code in _engine, _convergence, _preflight and
+_compaction. Whatever happens, the domain ends running on exactly one host:
+on the destination after success, on its source after any failure before
+post-copy (a domain libvirt left paused by the failed migration is resumed,
+and compacted memory is given back there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import typing as t
+
+from ansible_collections.strata.migration.plugins.module_utils._compaction import (
+    compaction_params,
+    ensure_compacted,
+    ensure_restored,
+)
+from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    MigrationInputs,
+    Prediction,
+    choose_strategy,
+)
+from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    JOB_NONE,
+    EngineOptions,
+    MigrationError,
+    MigrationPlan,
+    monitor,
+    plan_migration,
+    summarize_stats,
+)
+from ansible_collections.strata.migration.plugins.module_utils._inventory import (
+    DomainFacts,
+    domain_state_name,
+)
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
+    LibvirtClient,
+    LibvirtError,
+    describe_libvirt_error,
+    libvirt_error_code,
+    find_domain,
+    redact_uri,
+)
+from ansible_collections.strata.migration.plugins.module_utils._preflight import (
+    DEFAULT_PREDICTION_BANDWIDTH_MIBPS,
+    PreflightData,
+    PreflightOptions,
+    PreflightReport,
+    evaluate,
+    gather_preflight,
+    memory_to_send,
+)
+
+# Checks that hold even with preflight=false: without them libvirt would be asked something absurd.
+ALWAYS_ENFORCED_CHECKS = ("distinct_hosts", "domain_running")
+JOB_STATS_COMPLETED = 1
+DOMAIN_RUNNING = 1
+PAUSED_MIGRATION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CompactionSettings:
+    """compact: True (required), False (off) or None (on when the balloon reports guest statistics)."""
+
+    compact: t.Optional[bool] = None
+    headroom_mib: int = 64
+    timeout_s: int = 60
+
+
+class LibvirtMigrationJob:
+    """A peer-to-peer migrateToURI3 call running in a thread, watched through the source domain."""
+
+    def __init__(self, dom: t.Any, peer_uri: str) -> None:
+        self.dom = dom
+        self.peer_uri = peer_uri
+        self._thread: t.Optional[threading.Thread] = None
+        self._error: t.Optional[str] = None
+
+    def start(self, flags: int, params: t.Mapping[str, t.Any]) -> None:
+        def migrate() -> None:
+            try:
+                self.dom.migrateToURI3(self.peer_uri, dict(params), flags)
+            except Exception as exc:  # handed to the monitor; a bad parameter type raises TypeError
+                self._error = describe_libvirt_error(exc)
+
+        # A daemon thread: should libvirt never return, the module still exits at its bounds.
+        self._thread = threading.Thread(target=migrate, name="strata-migrate", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout_s: float) -> bool:
+        assert self._thread is not None
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def error(self) -> t.Optional[str]:
+        return self._error
+
+    def stats(self) -> t.Optional[t.Mapping[str, t.Any]]:
+        try:
+            return self.dom.jobStats(0)
+        except LibvirtError:
+            return None
+
+    def set_max_downtime(self, downtime_ms: int) -> None:
+        self.dom.migrateSetMaxDowntime(downtime_ms, 0)
+
+    def start_postcopy(self) -> None:
+        self.dom.migrateStartPostCopy(0)
+
+    def abort(self) -> None:
+        self.dom.abortJob()
+
+
+# ---- prediction ------------------------------------------------------------
+
+
+def _prediction_for(
+    domain: DomainFacts,
+    memory_mib: float,
+    dirty_rate_mibps: t.Optional[float],
+    options: EngineOptions,
+) -> t.Tuple[t.Optional[Prediction], t.Optional[t.Dict[str, t.Any]]]:
+    """The model's prediction for the strategy that will run, and its inputs, or (None, None) unmeasured."""
+    if dirty_rate_mibps is None:
+        return None, None
+    bandwidth = options.bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS
+    inputs = MigrationInputs(
+        memory_mib=memory_mib,
+        dirty_rate_mibps=dirty_rate_mibps,
+        bandwidth_mibps=bandwidth,
+        max_downtime_ms=options.max_downtime_ms,
+        zero_page_mib=max(domain.memory_max_mib - memory_mib, 0),
+    )
+    chosen, candidates = choose_strategy(inputs, options.allow_postcopy)
+    if options.strategy != "auto":
+        # Layered without post-copy never switches: the model's layered course does not apply.
+        wanted = options.strategy
+        if wanted == "layered" and not options.allow_postcopy:
+            wanted = "precopy"
+        chosen = next(c for c in candidates if c.strategy == wanted)
+    described = inputs.to_dict()
+    described["bandwidth_assumed"] = not options.bandwidth_mibps
+    return chosen, described
+
+
+def _prediction_dict(prediction: t.Optional[Prediction], inputs: t.Optional[t.Dict[str, t.Any]]) -> t.Optional[t.Dict[str, t.Any]]:
+    if prediction is None:
+        return None
+    result = prediction.to_dict()
+    result["inputs"] = inputs
+    return result
+
+
+# ---- where the domain is ----------------------------------------------------
+
+
+def placement(conn: t.Any, name: str) -> t.Dict[str, t.Any]:
+    """{defined, state, reason, persistent} of a domain on one host (state None when absent)."""
+    dom = find_domain(conn, name)
+    if dom is None:
+        return {"defined": False, "state": None, "reason": None, "persistent": False}
+    state, reason = dom.state()
+    return {
+        "defined": True,
+        "state": domain_state_name(state),
+        "reason": reason,
+        "persistent": bool(dom.isPersistent()),
+    }
+
+
+def _active(where: t.Mapping[str, t.Any]) -> bool:
+    return where["state"] not in (None, "shutoff", "crashed")
+
+
+# ---- the steps --------------------------------------------------------------
+
+
+class _Run:
+    def __init__(
+        self,
+        source: LibvirtClient,
+        destination: LibvirtClient,
+        name: str,
+        options: EngineOptions,
+        preflight_options: PreflightOptions,
+        enforce_preflight: bool,
+        compaction: CompactionSettings,
+        peer_uri: t.Optional[str],
+        clock: t.Callable[[], float],
+        sleep: t.Callable[[float], None],
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.name = name
+        self.options = options
+        self.preflight_options = preflight_options
+        self.enforce_preflight = enforce_preflight
+        self.compaction = compaction
+        self.peer_uri = peer_uri or destination.uri
+        self.clock = clock
+        self.sleep = sleep
+        self.started = clock()
+        self.timeline: t.List[t.Dict[str, t.Any]] = []
+        self.result: t.Dict[str, t.Any] = {
+            "changed": False,
+            "domain": name,
+            "already_migrated": False,
+            "strategy": None,
+            "timeline": self.timeline,
+            "stats": None,
+            "compaction": None,
+            "restore": None,
+            "prediction": None,
+            "preflight": None,
+            "placement": None,
+        }
+
+    def event(self, name: str, **fields: t.Any) -> None:
+        entry: t.Dict[str, t.Any] = {"t_s": round(self.clock() - self.started, 3), "event": name}
+        entry.update(fields)
+        self.timeline.append(entry)
+
+    def fail(self, msg: str, **details: t.Any) -> MigrationError:
+        self.result.update(details)
+        return MigrationError(msg, **self.result)
+
+    # Layer 0 -----------------------------------------------------------------
+
+    def measure(self) -> t.Tuple[PreflightData, PreflightReport]:
+        source_conn = self.source.conn
+        dest_conn = self.destination.conn
+        data = gather_preflight(
+            source_conn, dest_conn, self.preflight_options, self.source.uri, self.destination.uri,
+            sleep=self.sleep, clock=self.clock,
+        )
+        report = evaluate(data, self.preflight_options)
+        self.result["source"] = report.source
+        self.result["destination"] = report.destination
+        self.result["preflight"] = {
+            "enforced": self.enforce_preflight,
+            "passed": report.passed,
+            "findings": [f.to_dict() for f in report.findings],
+            "failed_checks": report.failed_checks,
+            "warned_checks": report.warned_checks,
+        }
+        return data, report
+
+    def refuse_on_findings(self, report: PreflightReport) -> None:
+        failed = report.failed_checks
+        blocking = failed if self.enforce_preflight else [c for c in failed if c in ALWAYS_ENFORCED_CHECKS]
+        if blocking:
+            raise self.fail(report.failure_message() + "; nothing was changed")
+        if failed:
+            self.event("preflight", failed_checks=failed, note="preflight=false: failed checks do not stop the migration")
+
+    def wants_compaction(self, domain: DomainFacts) -> bool:
+        if self.compaction.compact is not None:
+            return self.compaction.compact
+        return domain.balloon.has_device and bool(domain.balloon.stats_period_s)
+
+    # The run ---------------------------------------------------------------------
+
+    def run(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        data, report = self.measure()
+        if report.already_migrated:
+            self.result["already_migrated"] = True
+            self.result["placement"] = {
+                "source": placement(self.source.conn, self.name),
+                "destination": placement(self.destination.conn, self.name),
+            }
+            return self.result
+        self.refuse_on_findings(report)
+        domain = data.domain
+        assert domain is not None  # evaluate() fails domain_running otherwise
+        dom = self.source.conn.lookupByName(self.name)
+        self.refuse_running_job(dom)
+        estimate = memory_to_send(domain, self.preflight_options.qemu_overhead_mib)
+        self.event(
+            "layer", layer=0, action="measure", dirty_rate_mibps=data.dirty_rate_mibps,
+            memory_mib=estimate.memory_mib, memory_estimate=estimate.source,
+        )
+        compact = self.wants_compaction(domain)
+        params = compaction_params(state="compacted", headroom_mib=self.compaction.headroom_mib,
+                                   timeout_s=self.compaction.timeout_s)
+        memory_mib = float(estimate.memory_mib)
+        if compact:
+            changed, compacted = ensure_compacted(dom, params, check_mode=check_mode, sleep=self.sleep,
+                                                  clock=self.clock)
+            self.result["compaction"] = compacted.to_dict()
+            self.event("layer", layer=1, action="compaction", before_mib=compacted.before_mib,
+                       after_mib=compacted.after_mib, settled=compacted.settled, changed=changed)
+            # Balloon statistics lag the balloon's move; what the guest uses was measured before it.
+            memory_mib = min(memory_mib, float(compacted.after_mib))
+        prediction, inputs = _prediction_for(domain, memory_mib, data.dirty_rate_mibps, self.options)
+        self.result["prediction"] = _prediction_dict(prediction, inputs)
+        hot_set_mib = data.dirty_rate_mibps * 1.0 if data.dirty_rate_mibps is not None else None
+        plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib)
+        self.result["strategy"] = plan.to_dict()
+        self.result["changed"] = True
+        if check_mode:
+            return self.result
+        self.migrate(dom, plan, prediction, compact and self.result["compaction"] is not None)
+        return self.result
+
+    def refuse_running_job(self, dom: t.Any) -> None:
+        stats = dom.jobStats(0)
+        if stats and stats.get("type", JOB_NONE) != JOB_NONE:
+            raise self.fail(
+                "domain '%s' on %s already has a job running (%s ms so far); it was left alone and nothing was "
+                "changed; wait for it to end, or end it yourself (virsh domjobabort %s)"
+                % (self.name, redact_uri(self.source.uri), stats.get("time_elapsed", "?"), self.name),
+            )
+
+    def migrate(self, dom: t.Any, plan: MigrationPlan, prediction: t.Optional[Prediction], compacted: bool) -> None:
+        was_running = dom.state()[0] == DOMAIN_RUNNING
+        job = LibvirtMigrationJob(dom, self.peer_uri)
+        outcome = monitor(
+            job, plan, self.options, prediction.converges if prediction is not None else None,
+            self.timeline, self.clock, self.started,
+        )
+        self.result["shaking"] = outcome.shaking
+        if outcome.completed:
+            self.finish_success(plan, outcome.last_sample, compacted)
+            return
+        self.finish_failure(dom, outcome, was_running, compacted)
+
+    def finish_success(self, plan: MigrationPlan, last_sample: t.Any, compacted: bool) -> None:
+        dest_dom = self.destination.conn.lookupByName(self.name)
+        try:
+            completed = dest_dom.jobStats(JOB_STATS_COMPLETED)
+        except LibvirtError:
+            completed = None
+        self.result["stats"] = summarize_stats(completed, last_sample)
+        if compacted:
+            params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
+            changed, restored = ensure_restored(dest_dom, params, sleep=self.sleep, clock=self.clock)
+            self.result["restore"] = restored.to_dict()
+            self.event("restore", host="destination", before_mib=restored.before_mib, after_mib=restored.after_mib,
+                       settled=restored.settled, changed=changed)
+        where = self.verify()
+        problems = []
+        if not _active(where["destination"]):
+            problems.append("it is not running on the destination (%s)" % where["destination"]["state"])
+        if _active(where["source"]):
+            problems.append("it is still active on the source (%s)" % where["source"]["state"])
+        if self.options.persist:
+            if not where["destination"]["persistent"]:
+                problems.append("it has no persistent definition on the destination")
+            if where["source"]["defined"]:
+                problems.append("it is still defined on the source")
+        if problems:
+            raise self.fail(
+                "domain '%s' migrated to %s, but the check afterwards found that %s"
+                % (self.name, redact_uri(self.destination.uri), "; ".join(problems))
+            )
+
+    def verify(self) -> t.Dict[str, t.Any]:
+        where = {
+            "source": placement(self.source.conn, self.name),
+            "destination": placement(self.destination.conn, self.name),
+        }
+        self.result["placement"] = where
+        return where
+
+    def finish_failure(self, dom: t.Any, outcome: t.Any, was_running: bool, compacted: bool) -> None:
+        where = self.verify()
+        source = where["source"]
+        if (
+            was_running and not outcome.postcopy_started and source["state"] == "paused"
+            and source["reason"] == PAUSED_MIGRATION and not _active(where["destination"])
+        ):
+            # libvirt resumes the source after a failed migration; this covers a job cut short before that.
+            dom.resume()
+            self.event("resume", host="source", why="the failed migration left the domain paused on its source")
+            where = self.verify()
+        if compacted and where["source"]["state"] == "running":
+            params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
+            changed, restored = ensure_restored(dom, params, sleep=self.sleep, clock=self.clock)
+            self.result["restore"] = restored.to_dict()
+            self.event("restore", host="source", before_mib=restored.before_mib, after_mib=restored.after_mib,
+                       settled=restored.settled, changed=changed)
+        self.result["stats"] = summarize_stats(None, outcome.last_sample)
+        self.result["aborted_by"] = outcome.aborted_by
+        runs_on = _runs_on(where)
+        cause = outcome.error or "no error from libvirt"
+        if outcome.aborted_by:
+            guard = [e for e in self.timeline if e.get("event") == "guard"][-1]
+            cause = "aborted by the %s guard: %s" % (outcome.aborted_by, guard["detail"])
+        elif outcome.still_running:
+            cause = "the job did not end within its bounds"
+        msg = "live migration of domain '%s' from %s to %s failed: %s; the domain %s" % (
+            self.name, redact_uri(self.source.uri), redact_uri(self.destination.uri), cause, runs_on,
+        )
+        if outcome.hint:
+            msg += "; to change the outcome: %s" % outcome.hint
+        elif outcome.postcopy_started:
+            msg += "; the failure came during post-copy, see the docs on post-copy failures"
+        else:
+            msg += "; once the cause is fixed, run the task again"
+        raise self.fail(msg, running_on=runs_on)
+
+
+def _runs_on(where: t.Mapping[str, t.Mapping[str, t.Any]]) -> str:
+    source, destination = where["source"], where["destination"]
+    states = []
+    if _active(source):
+        states.append("is %s on the source" % source["state"])
+    if _active(destination):
+        states.append("is %s on the destination" % destination["state"])
+    if not states:
+        return "runs on neither host"
+    return " and ".join(states)
+
+
+def run_live_migration(
+    source: LibvirtClient,
+    destination: LibvirtClient,
+    name: str,
+    options: EngineOptions,
+    preflight_options: PreflightOptions,
+    enforce_preflight: bool = True,
+    compaction: CompactionSettings = CompactionSettings(),
+    peer_uri: t.Optional[str] = None,
+    check_mode: bool = False,
+    clock: t.Callable[[], float] = time.monotonic,
+    sleep: t.Callable[[float], None] = time.sleep,
+) -> t.Dict[str, t.Any]:
+    """Migrate one domain live; return the module result or raise MigrationError carrying it.
+
+    peer_uri: the destination as the source host reaches it (peer-to-peer),
+    default the destination's URI.
+    """
+    run = _Run(source, destination, name, options, preflight_options, enforce_preflight, compaction, peer_uri,
+               clock, sleep)
+    try:
+        return run.run(check_mode)
+    except LibvirtError as exc:
+        raise run.fail("live migration of domain '%s': libvirt: %s" % (name, describe_libvirt_error(exc)),
+                       libvirt_error_code=libvirt_error_code(exc)) from exc
+

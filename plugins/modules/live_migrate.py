@@ -1,0 +1,494 @@
+#!/usr/bin/python
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: live_migrate
+short_description: Live-migrate a running VM to another libvirt host with the layered engine
+version_added: 0.1.0
+description:
+  - Moves a running domain from the host O(uri) connects to, to the host O(dest_uri) connects to, while it runs
+    (peer-to-peer live migration: the source libvirtd talks to the destination directly, and the module watches the
+    job from its connection to the source).
+  - "Layer 0, measure: reads both hosts, runs the pre-flight checks of M(strata.migration.preflight) (the task
+    refuses when one fails, unless O(preflight=false)), measures the domain's dirty rate for
+    O(measure_dirty_rate_s) and predicts the migration with the convergence model; O(strategy=auto) picks the
+    strategy from that prediction."
+  - "Layer 1, compaction: with O(compact), the guest is ballooned down to its working set first (as
+    M(strata.migration.memory_compact) does) and its memory is given back on the destination afterwards, or on the
+    source when the migration fails."
+  - "Layer 2, cold pre-copy: QEMU's pre-copy rounds within the downtime target."
+  - "Layer 3, the hot layer: pages rewritten again and again ('shaking') are detected from the live job
+    statistics: what is left stops shrinking over O(shaking_iterations) passes, the guest dirties as fast as QEMU
+    sends in two passes, or the model predicted no convergence once the first pass is done. With
+    O(allow_postcopy=true) the job then switches to post-copy, so each hot page crosses once. Without it, what was
+    enabled at the start for hot pages does the work (XBZRLE delta compression with a cache of twice the measured
+    hot set for a predicted hot layer, auto-converge throttling starting at 60% in 20% steps) and the downtime
+    target rises step by step (a quarter of O(max_downtime_ms), then half, three quarters, all of it)."
+  - "Guards: more than O(max_transfer_ratio) times the guest's memory sent, O(timeout_s) reached, or nothing sent
+    for O(stall_timeout_s) aborts the job; the domain keeps running on its source, and the failure says why and
+    which option to change. After post-copy started nothing can abort the job (the guest already runs on the
+    destination); the module then waits up to 120 s past O(timeout_s)."
+  - "After success: the domain runs on the destination, is defined there and no longer on the source (with
+    O(persist=true)); the module checks each of these and fails naming what does not hold."
+  - When the domain already runs on the destination and not on the source, nothing is done (C(changed=false)).
+  - In check mode, runs layer 0 and the compaction plan only, and returns the strategy and prediction.
+author:
+  - strata.migration developers (@strata-migration)
+extends_documentation_fragment:
+  - strata.migration.connection
+attributes:
+  check_mode:
+    description: Measures, checks and predicts; migrates nothing and changes no balloon.
+    support: full
+  diff_mode:
+    description: Returns no diff; RV(placement) shows where the domain ended.
+    support: none
+options:
+  name:
+    description:
+      - Name of the domain to migrate. It runs on the source host, the one O(uri) connects to.
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - libvirt connection URI of the destination host, in the same form as O(uri), opened with the same
+        O(connect_timeout_s). A password in it is never shown in output.
+    type: str
+    required: true
+  peer_uri:
+    description:
+      - The destination's libvirt URI as the source host reaches it, for the peer-to-peer migration. Defaults to
+        O(dest_uri); set it when the controller and the source host reach the destination differently (for example
+        V(qemu+tls://hv2.internal/system) between hypervisors).
+    type: str
+  migrate_uri:
+    description:
+      - Address of the migration data channel, for example V(tcp://10.0.0.12) for a dedicated migration network.
+        Default is the destination's C(migration_address) from its C(qemu.conf), or its hostname.
+    type: str
+  strategy:
+    description:
+      - V(auto) picks from the prediction; V(precopy) when it converges within O(max_downtime_ms), otherwise
+        V(layered) (or V(postcopy) when that keeps the guest dependent on both hosts for less time, with
+        O(allow_postcopy=true)). Without a measurement (O(measure_dirty_rate_s=0)) it is V(layered).
+      - V(precopy) is QEMU's pre-copy alone; shaking is reported but nothing is done about it, and the guards end a
+        migration that does not converge.
+      - V(layered) is pre-copy with the hot layer as the description says.
+      - V(postcopy) switches to post-copy as soon as the first pass is done; it needs O(allow_postcopy=true).
+    type: str
+    choices: [auto, precopy, layered, postcopy]
+    default: auto
+  max_downtime_ms:
+    description:
+      - The longest pause of the guest allowed at the switch-over, in milliseconds (QEMU's downtime limit).
+    type: int
+    default: 300
+  bandwidth_mibps:
+    description:
+      - Cap on the migration stream in MiB/s, also after a post-copy switch. V(0) leaves the domain's libvirt
+        setting (unlimited by default).
+    type: int
+    default: 0
+  timeout_s:
+    description:
+      - Bound on the whole migration job in seconds; reaching it before post-copy aborts the job and the domain
+        stays on its source.
+    type: int
+    default: 600
+  stall_timeout_s:
+    description:
+      - Abort the job when no memory was sent for this many seconds (a hung network or destination).
+    type: int
+    default: 30
+  max_transfer_ratio:
+    description:
+      - Abort the job when it has sent more than this many times the guest's memory.
+    type: float
+    default: 8.0
+  shaking_iterations:
+    description:
+      - How many passes what is left must fail to shrink (by 10%) before shaking is declared; each further such
+        window takes one more step of the hot layer.
+    type: int
+    default: 3
+  compact:
+    description:
+      - Balloon the guest down to its working set plus O(compact_headroom_mib) before migrating, and give the memory
+        back on the destination afterwards.
+      - Default is on when the domain has a balloon that reports guest statistics, off otherwise. V(true) makes a
+        domain without them fail; V(false) never compacts.
+    type: bool
+  compact_headroom_mib:
+    description:
+      - Memory left free in the guest by compaction, beyond what it uses (MiB).
+    type: int
+    default: 64
+  compact_timeout_s:
+    description:
+      - Bound on the balloon's move, before and after the migration, in seconds.
+    type: int
+    default: 60
+  allow_postcopy:
+    description:
+      - Allow switching to post-copy. While post-copy runs the guest executes on the destination and fetches
+        missing pages from the source; if either host or the network between them fails then, the guest is lost.
+        So it is off unless you choose it.
+    type: bool
+    default: false
+  parallel_connections:
+    description:
+      - Number of parallel connections for the memory stream (QEMU multifd). V(1) is one stream. Parallel
+        connections exclude XBZRLE.
+    type: int
+    default: 1
+  compression:
+    description:
+      - Compression methods for the memory stream (V(xbzrle), V(mt), V(zlib), V(zstd); not all combinations are
+        valid in QEMU). Default lets the engine choose (XBZRLE for a predicted hot layer without post-copy); an
+        empty list turns compression off.
+    type: list
+    elements: str
+  tls:
+    description:
+      - Encrypt the migration data channel with TLS. Both hosts need libvirt's migration TLS certificates.
+    type: bool
+    default: false
+  persist:
+    description:
+      - Define the domain on the destination and undefine it on the source. With V(false) the domain is transient
+        on the destination and its definition stays on the source (shut off).
+    type: bool
+    default: true
+  preflight:
+    description:
+      - Refuse to start when a pre-flight check fails (see M(strata.migration.preflight)). With V(false) failed
+        checks are reported and the migration is tried anyway, except V(distinct_hosts) and V(domain_running).
+    type: bool
+    default: true
+  measure_dirty_rate_s:
+    description:
+      - Seconds to measure the dirty rate before migrating (V(0) skips it, and the prediction with it).
+    type: int
+    default: 1
+  dest_capacity_mib:
+    description:
+      - Memory of the destination that guests may use (MiB), for the pre-flight memory check.
+    type: int
+  reserve_mib:
+    description:
+      - Memory the pre-flight memory check keeps free on the destination (MiB).
+    type: int
+    default: 0
+  qemu_overhead_mib:
+    description:
+      - QEMU's own share of a domain's resident memory on this host kind (MiB), to estimate the memory a migration
+        sends from the resident memory; see M(strata.migration.preflight).
+    type: int
+notes:
+  - The hosts need libvirt's peer-to-peer migration between them (the source libvirtd opens O(peer_uri)).
+  - Disks must be shared between the hosts; the pre-flight V(storage) check refuses local disks.
+seealso:
+  - module: strata.migration.preflight
+  - module: strata.migration.memory_compact
+"""
+
+EXAMPLES = r"""
+- name: Move web1 from hv1 to hv2, letting the engine pick the strategy
+  strata.migration.live_migrate:
+    uri: qemu+ssh://root@hv1.example.com/system
+    dest_uri: qemu+ssh://root@hv2.example.com/system
+    peer_uri: qemu+tls://hv2.example.com/system
+    name: web1
+    bandwidth_mibps: 1000
+    timeout_s: 300
+  delegate_to: localhost
+  register: moved
+
+- name: A write-heavy database, allowing post-copy to finish it
+  strata.migration.live_migrate:
+    uri: qemu+ssh://root@hv1.example.com/system
+    dest_uri: qemu+ssh://root@hv3.example.com/system
+    name: db1
+    allow_postcopy: true
+    max_downtime_ms: 200
+  delegate_to: localhost
+
+- name: Show what would happen
+  strata.migration.live_migrate:
+    uri: qemu+ssh://root@hv1.example.com/system
+    dest_uri: qemu+ssh://root@hv2.example.com/system
+    name: web1
+  check_mode: true
+  delegate_to: localhost
+  register: plan
+
+- name: Print the predicted strategy
+  ansible.builtin.debug:
+    msg: "{{ plan.strategy.name }}: {{ plan.strategy.reason }}"
+"""
+
+RETURN = r"""
+domain:
+  description: Name of the domain.
+  returned: always
+  type: str
+  sample: web1
+already_migrated:
+  description: Whether the domain already ran on the destination and not on the source, so nothing was done.
+  returned: always
+  type: bool
+  sample: false
+source:
+  description: The source host (hostname, URI without credentials, libvirt and QEMU versions, memory).
+  returned: success
+  type: dict
+  sample: {"hostname": "hv1", "uri": "qemu+tcp://127.0.0.11/system"}
+destination:
+  description: The destination host, in the form of RV(source).
+  returned: success
+  type: dict
+  sample: {"hostname": "hv2", "uri": "qemu+tcp://127.0.0.12/system"}
+strategy:
+  description: The strategy that ran (or would run in check mode), why, and what was asked of libvirt.
+  returned: unless already migrated
+  type: dict
+  contains:
+    name:
+      description: V(precopy), V(layered) or V(postcopy).
+      type: str
+      sample: layered
+    reason:
+      description: Why this strategy, from the prediction or the options.
+      type: str
+    hot_layer:
+      description: What happens once shaking is detected.
+      type: str
+      choices: [postcopy, xbzrle_autoconverge_downtime_ramp, none]
+    flags:
+      description: libvirt migration flags set.
+      type: list
+      elements: str
+      sample: [live, peer2peer, persist_dest, undefine_source, compressed, auto_converge]
+    params:
+      description: libvirt migration parameters set.
+      type: dict
+    downtime_steps_ms:
+      description: The downtime targets, in order.
+      type: list
+      elements: int
+      sample: [75, 150, 225, 300]
+    xbzrle_cache_mib:
+      description: Size of the XBZRLE cache, or null without XBZRLE.
+      type: int
+    switch_after_first_pass:
+      description: Whether post-copy starts once the first pass is done whatever the statistics show.
+      type: bool
+prediction:
+  description:
+    - The convergence model's prediction for the strategy that ran, with its inputs, to set beside RV(stats).
+    - Null when the dirty rate was not measured.
+  returned: unless already migrated
+  type: dict
+  sample: {"strategy": "precopy", "converges": true, "total_s": 3.1, "transferred_mib": 182.0, "downtime_ms": 40}
+timeline:
+  description:
+    - What happened, in order, each entry with C(t_s) (seconds since the task started) and C(event).
+    - "Events: V(layer) (C(layer) 0 measure, 1 compaction, 2 pre-copy start with flags and parameters, 3 post-copy
+      switch), V(downtime) (a new target), V(iteration) (a pass began: C(iteration), C(remaining_mib),
+      C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(shaking) (C(rule),
+      C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(resume), V(restore), V(preflight)."
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"t_s": 1.2, "event": "iteration", "iteration": 2, "remaining_mib": 48.0}]
+shaking:
+  description: Each detection of shaking (C(iteration), C(rule), C(detail)).
+  returned: when a migration ran
+  type: list
+  elements: dict
+stats:
+  description:
+    - Figures of the finished job, from libvirt's completed job statistics where it kept them, else from the
+      monitor's last reading (after post-copy libvirt keeps only times). A figure neither has is null.
+  returned: when a migration ran
+  type: dict
+  contains:
+    sources:
+      description: For each figure, V(completed_job) or V(last_sample).
+      type: dict
+    total_ms:
+      description: Duration of the job.
+      type: int
+    downtime_ms:
+      description: How long the guest was paused.
+      type: int
+    setup_ms:
+      description: Time before the first page was sent.
+      type: int
+    transferred_mib:
+      description: Memory sent (after compression).
+      type: float
+    memory_total_mib:
+      description: The guest's memory.
+      type: float
+    memory_normal_mib:
+      description: Memory sent as whole pages.
+      type: float
+    zero_pages:
+      description: Pages sent as all-zero (a few bytes each).
+      type: int
+    iterations:
+      description: QEMU's pass count (dirty-bitmap syncs).
+      type: int
+    postcopy_requests:
+      description: Pages the destination requested during post-copy.
+      type: int
+    throughput_mibps:
+      description: QEMU's measured throughput.
+      type: float
+    dirty_rate_mibps:
+      description: Dirty rate during the last pass.
+      type: float
+    auto_converge_throttle_percent:
+      description: How much auto-converge slowed the guest's vCPUs at the end, or null.
+      type: int
+    compression:
+      description: XBZRLE figures (C(cache_mib), C(compressed_mib), C(compressed_pages), C(cache_misses),
+        C(overflow_pages)), or null.
+      type: dict
+compaction:
+  description: The balloon compaction before the migration, as M(strata.migration.memory_compact) returns it; null
+    when it did not run.
+  returned: unless already migrated
+  type: dict
+restore:
+  description: Giving the memory back after compaction (on the destination, or on the source after a failure);
+    null when it did not run.
+  returned: when a migration ran
+  type: dict
+preflight:
+  description: The pre-flight findings (C(enforced), C(passed), C(findings), C(failed_checks), C(warned_checks)).
+  returned: always
+  type: dict
+placement:
+  description: Where the domain is on each host afterwards (C(source), C(destination), each with C(defined),
+    C(state), C(reason), C(persistent)).
+  returned: when a migration ran or it was already migrated
+  type: dict
+aborted_by:
+  description: The guard that aborted the job (V(timeout), V(transfer), V(stall)), or null.
+  returned: on failure
+  type: str
+running_on:
+  description: Where the domain runs after a failure, in words.
+  returned: on failure
+  type: str
+  sample: is running on the source
+"""
+
+from ansible_collections.strata.migration.plugins.module_utils._base import StrataModule
+from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    DEFAULT_MAX_TRANSFER_RATIO,
+    STRATEGY_CHOICES,
+    engine_options,
+)
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
+    LibvirtClient,
+    LibvirtError,
+    StrataError,
+)
+from ansible_collections.strata.migration.plugins.module_utils._migrate import (
+    CompactionSettings,
+    run_live_migration,
+)
+from ansible_collections.strata.migration.plugins.module_utils._preflight import preflight_options
+
+
+def main() -> None:
+    module = StrataModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "dest_uri": {"type": "str", "required": True},
+            "peer_uri": {"type": "str"},
+            "migrate_uri": {"type": "str"},
+            "strategy": {"type": "str", "default": "auto", "choices": list(STRATEGY_CHOICES)},
+            "max_downtime_ms": {"type": "int", "default": 300},
+            "bandwidth_mibps": {"type": "int", "default": 0},
+            "timeout_s": {"type": "int", "default": 600},
+            "stall_timeout_s": {"type": "int", "default": 30},
+            "max_transfer_ratio": {"type": "float", "default": DEFAULT_MAX_TRANSFER_RATIO},
+            "shaking_iterations": {"type": "int", "default": 3},
+            "compact": {"type": "bool"},
+            "compact_headroom_mib": {"type": "int", "default": 64},
+            "compact_timeout_s": {"type": "int", "default": 60},
+            "allow_postcopy": {"type": "bool", "default": False},
+            "parallel_connections": {"type": "int", "default": 1},
+            "compression": {"type": "list", "elements": "str"},
+            "tls": {"type": "bool", "default": False},
+            "persist": {"type": "bool", "default": True},
+            "preflight": {"type": "bool", "default": True},
+            "measure_dirty_rate_s": {"type": "int", "default": 1},
+            "dest_capacity_mib": {"type": "int"},
+            "reserve_mib": {"type": "int", "default": 0},
+            "qemu_overhead_mib": {"type": "int"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    result = {"domain": params["name"], "timeline": []}
+    try:
+        options = engine_options(
+            strategy=params["strategy"],
+            max_downtime_ms=params["max_downtime_ms"],
+            bandwidth_mibps=params["bandwidth_mibps"],
+            timeout_s=params["timeout_s"],
+            allow_postcopy=params["allow_postcopy"],
+            parallel_connections=params["parallel_connections"],
+            compression=params["compression"],
+            tls=params["tls"],
+            migrate_uri=params["migrate_uri"],
+            persist=params["persist"],
+            stall_timeout_s=params["stall_timeout_s"],
+            max_transfer_ratio=params["max_transfer_ratio"],
+            shaking_iterations=params["shaking_iterations"],
+        )
+        compaction = CompactionSettings(
+            compact=params["compact"],
+            headroom_mib=params["compact_headroom_mib"],
+            timeout_s=params["compact_timeout_s"],
+        )
+        checks = preflight_options(
+            name=params["name"],
+            dest_uri=params["dest_uri"],
+            reserve_mib=params["reserve_mib"],
+            dest_capacity_mib=params["dest_capacity_mib"],
+            compaction_restore=params["compact"] is not False,
+            measure_dirty_rate_s=params["measure_dirty_rate_s"],
+            bandwidth_mibps=params["bandwidth_mibps"],
+            max_downtime_ms=params["max_downtime_ms"],
+            allow_postcopy=params["allow_postcopy"],
+            qemu_overhead_mib=params["qemu_overhead_mib"],
+        )
+        with LibvirtClient(params["dest_uri"], params["connect_timeout_s"]) as destination:
+            result = run_live_migration(
+                module.client,
+                destination,
+                params["name"],
+                options,
+                checks,
+                enforce_preflight=params["preflight"],
+                compaction=compaction,
+                peer_uri=params["peer_uri"],
+                check_mode=module.check_mode,
+            )
+    except (StrataError, LibvirtError) as exc:
+        module.fail_from(exc, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

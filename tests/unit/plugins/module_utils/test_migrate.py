@@ -1,0 +1,313 @@
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The libvirt glue's own logic: where a domain runs, the prediction it asks for, the migration job."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ansible_collections.strata.migration.plugins.module_utils._convergence import MigrationInputs, choose_strategy
+from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    engine_options,
+    monitor,
+    plan_migration,
+)
+from ansible_collections.strata.migration.plugins.module_utils._inventory import BalloonFacts, DomainFacts
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import ERR_NO_DOMAIN
+from ansible_collections.strata.migration.plugins.module_utils._migrate import (
+    LibvirtMigrationJob,
+    _active,
+    _prediction_dict,
+    _prediction_for,
+    _runs_on,
+    placement,
+)
+from ansible_collections.strata.migration.plugins.module_utils._preflight import DEFAULT_PREDICTION_BANDWIDTH_MIBPS
+from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeClock, FakeLibvirtError
+
+MIB = 1024 * 1024
+
+
+def domain(memory_max_mib=512, memory_current_mib=512):
+    return DomainFacts(
+        name="web1", uuid="6f0c8a4e-0000-4000-8000-000000000001", state="running", persistent=True,
+        job_running=False, domain_type="qemu", arch="x86_64", machine_type="pc-i440fx-7.2", vcpus=1,
+        cpu_mode="custom", cpu_model="qemu64", memory_max_mib=memory_max_mib,
+        memory_current_mib=memory_current_mib,
+        balloon=BalloonFacts(has_device=True, model="virtio", stats_period_s=1), disks=[], interfaces=[],
+        hostdevs=[],
+    )
+
+
+def where(state, defined=True, reason=1, persistent=True):
+    return {"defined": defined if state is not None else False, "state": state, "reason": reason,
+            "persistent": persistent}
+
+
+# ---- where the domain runs ---------------------------------------------------
+
+
+@pytest.mark.parametrize("state, active", [
+    (None, False), ("shutoff", False), ("crashed", False),
+    ("running", True), ("paused", True), ("blocked", True), ("shutdown", True), ("pmsuspended", True),
+])
+def test_active(state, active):
+    assert _active(where(state)) is active
+
+
+@pytest.mark.parametrize("source, destination, expected", [
+    ("running", None, "is running on the source"),
+    ("paused", "shutoff", "is paused on the source"),
+    (None, "running", "is running on the destination"),
+    ("shutoff", "paused", "is paused on the destination"),
+    ("paused", "running", "is paused on the source and is running on the destination"),
+    (None, None, "runs on neither host"),
+    ("shutoff", "crashed", "runs on neither host"),
+])
+def test_runs_on(source, destination, expected):
+    assert _runs_on({"source": where(source), "destination": where(destination)}) == expected
+
+
+class FakePlacedDomain:
+    def __init__(self, state, reason, persistent):
+        self._state, self._reason, self._persistent = state, reason, persistent
+
+    def state(self):
+        return [self._state, self._reason]
+
+    def isPersistent(self):
+        return int(self._persistent)
+
+
+class FakeConn:
+    def __init__(self, domains=None, error=None):
+        self.domains = domains or {}
+        self.error = error
+
+    def lookupByName(self, name):
+        if self.error is not None:
+            raise self.error
+        if name not in self.domains:
+            raise FakeLibvirtError("Domain not found: no domain with matching name '%s'" % name, ERR_NO_DOMAIN)
+        return self.domains[name]
+
+
+def test_placement_of_a_defined_domain():
+    conn = FakeConn({"web1": FakePlacedDomain(3, 2, False)})
+    assert placement(conn, "web1") == {"defined": True, "state": "paused", "reason": 2, "persistent": False}
+
+
+def test_placement_of_an_absent_domain():
+    assert placement(FakeConn(), "web1") == {"defined": False, "state": None, "reason": None, "persistent": False}
+
+
+def test_placement_passes_other_libvirt_errors_on():
+    error = FakeLibvirtError("Cannot recv data: connection reset", 38)
+    with pytest.raises(FakeLibvirtError):
+        placement(FakeConn(error=error), "web1")
+
+
+# ---- the prediction ----------------------------------------------------------
+
+
+def test_no_measurement_no_prediction():
+    assert _prediction_for(domain(), 512.0, None, engine_options()) == (None, None)
+    assert _prediction_dict(None, None) is None
+
+
+def test_prediction_for_auto_is_the_models_choice_with_its_inputs():
+    options = engine_options(bandwidth_mibps=100, max_downtime_ms=250, allow_postcopy=True)
+    prediction, inputs = _prediction_for(domain(memory_max_mib=512), 200.0, 5.0, options)
+    expected_inputs = MigrationInputs(memory_mib=200.0, dirty_rate_mibps=5.0, bandwidth_mibps=100,
+                                      max_downtime_ms=250, zero_page_mib=312.0)
+    assert prediction == choose_strategy(expected_inputs, True)[0]
+    assert inputs == dict(expected_inputs.to_dict(), bandwidth_assumed=False)
+    assert inputs["zero_page_mib"] == 312.0
+
+
+def test_prediction_assumes_a_bandwidth_when_unlimited():
+    prediction, inputs = _prediction_for(domain(), 512.0, 5.0, engine_options(bandwidth_mibps=0))
+    assert inputs["bandwidth_mibps"] == DEFAULT_PREDICTION_BANDWIDTH_MIBPS
+    assert inputs["bandwidth_assumed"] is True
+    assert prediction is not None
+
+
+def test_prediction_zero_pages_never_negative():
+    # The estimate can exceed the configured maximum (QEMU's own overhead).
+    _, inputs = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
+    assert inputs["zero_page_mib"] == 0
+
+
+SHAKING = dict(bandwidth_mibps=60, max_downtime_ms=300)   # 200 MiB/s dirtied against 60 MiB/s sent
+
+
+@pytest.mark.parametrize("allow_postcopy", [False, True])
+def test_prediction_for_auto_when_precopy_does_not_converge(allow_postcopy):
+    prediction, _ = _prediction_for(domain(256, 256), 256.0, 200.0,
+                                    engine_options(allow_postcopy=allow_postcopy, **SHAKING))
+    if allow_postcopy:
+        assert prediction.strategy in ("postcopy", "layered")
+        assert prediction.converges is True
+    else:
+        assert prediction.strategy == "precopy"
+        assert prediction.converges is False
+        assert "allow_postcopy=true" in prediction.reason
+
+
+@pytest.mark.parametrize("strategy, allow_postcopy", [("precopy", False), ("precopy", True),
+                                                      ("postcopy", True), ("layered", True)])
+def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_postcopy):
+    options = engine_options(strategy=strategy, allow_postcopy=allow_postcopy, **SHAKING)
+    prediction, inputs = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    assert prediction.strategy == strategy
+    expected = MigrationInputs(memory_mib=256.0, dirty_rate_mibps=200.0, bandwidth_mibps=60, max_downtime_ms=300)
+    candidates = choose_strategy(expected, allow_postcopy)[1]
+    assert prediction == [c for c in candidates if c.strategy == strategy][0]
+
+
+def test_explicit_layered_without_postcopy_predicts_like_auto():
+    auto, _ = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
+    layered, _ = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
+    # Both run the same plan: pre-copy with the throttle set.
+    assert plan_migration(engine_options(**SHAKING), auto, 256, 200.0).strategy == "layered"
+    assert layered.converges is auto.converges is False
+    assert layered.postcopy_s is None
+
+
+def test_prediction_dict_carries_the_inputs():
+    prediction, inputs = _prediction_for(domain(), 512.0, 5.0, engine_options())
+    described = _prediction_dict(prediction, inputs)
+    assert described == dict(prediction.to_dict(), inputs=inputs)
+    assert described["strategy"] == prediction.strategy
+
+
+# ---- LibvirtMigrationJob -----------------------------------------------------
+
+
+class FakeMigratingDomain:
+    """Records calls; migrateToURI3 blocks until `release` is set, then raises `migrate_error` if any."""
+
+    def __init__(self, migrate_error=None, stats=None, stats_error=None, block=False):
+        self.calls = []
+        self.migrate_error = migrate_error
+        self.job_stats = stats if stats is not None else {"type": 0}
+        self.stats_error = stats_error
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+
+    def migrateToURI3(self, uri, params, flags):
+        self.calls.append(("migrateToURI3", uri, params, flags, threading.current_thread().name))
+        self.release.wait(10)
+        if self.migrate_error is not None:
+            raise self.migrate_error
+        return 0
+
+    def jobStats(self, flags):
+        self.calls.append(("jobStats", flags))
+        if self.stats_error is not None:
+            raise self.stats_error
+        return self.job_stats
+
+    def migrateSetMaxDowntime(self, downtime_ms, flags):
+        self.calls.append(("migrateSetMaxDowntime", downtime_ms, flags))
+
+    def migrateStartPostCopy(self, flags):
+        self.calls.append(("migrateStartPostCopy", flags))
+
+    def abortJob(self):
+        self.calls.append(("abortJob",))
+
+
+PEER = "qemu+tcp://127.0.0.12/system"
+
+
+def test_job_runs_migrate_to_uri3_in_a_thread_with_a_copy_of_the_params():
+    dom = FakeMigratingDomain()
+    job = LibvirtMigrationJob(dom, PEER)
+    params = {"bandwidth": 60}
+    job.start(1 | 2, params)
+    assert job.wait(10) is True
+    assert job.error() is None
+    (name, uri, sent, flags, thread), = dom.calls
+    assert (name, uri, sent, flags) == ("migrateToURI3", PEER, {"bandwidth": 60}, 3)
+    assert sent is not params
+    assert thread != threading.current_thread().name
+
+
+def test_job_wait_is_false_while_libvirt_has_not_returned():
+    dom = FakeMigratingDomain(block=True)
+    job = LibvirtMigrationJob(dom, PEER)
+    job.start(1, {})
+    try:
+        assert job.wait(0.01) is False
+        assert job.error() is None
+    finally:
+        dom.release.set()
+    assert job.wait(10) is True
+
+
+def test_job_error_is_libvirts_message():
+    dom = FakeMigratingDomain(migrate_error=FakeLibvirtError("operation failed: client socket is closed", 1))
+    job = LibvirtMigrationJob(dom, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    assert job.error().startswith("operation failed: client socket is closed")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_job_error_when_the_call_raises_something_else():
+    dom = FakeMigratingDomain(migrate_error=TypeError("migrateToURI3() argument 2 must be dict"))
+    job = LibvirtMigrationJob(dom, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    assert job.error() is not None
+
+
+def test_job_stats_reads_the_running_job():
+    dom = FakeMigratingDomain(stats={"type": 2, "memory_processed": 1})
+    job = LibvirtMigrationJob(dom, PEER)
+    assert job.stats() == {"type": 2, "memory_processed": 1}
+    assert dom.calls == [("jobStats", 0)]
+
+
+def test_job_stats_none_when_libvirt_cannot_read_them():
+    dom = FakeMigratingDomain(stats_error=FakeLibvirtError("Domain not found", ERR_NO_DOMAIN))
+    assert LibvirtMigrationJob(dom, PEER).stats() is None
+
+
+def test_job_controls_go_to_the_domain():
+    dom = FakeMigratingDomain()
+    job = LibvirtMigrationJob(dom, PEER)
+    job.set_max_downtime(75)
+    job.start_postcopy()
+    job.abort()
+    assert dom.calls == [("migrateSetMaxDowntime", 75, 0), ("migrateStartPostCopy", 0), ("abortJob",)]
+
+
+def test_monitor_drives_the_libvirt_job():
+    options = engine_options(strategy="precopy")
+    the_plan = plan_migration(options, None, 256, None)
+    dom = FakeMigratingDomain()
+    timeline = []
+    clock = FakeClock()
+    outcome = monitor(LibvirtMigrationJob(dom, PEER), the_plan, options, None, timeline, clock, clock.now)
+    assert outcome.completed is True
+    assert outcome.error is None
+    assert dom.calls[0][:4] == ("migrateToURI3", PEER, {}, the_plan.flags)
+    assert timeline[-1]["event"] == "complete"
+
+
+def test_monitor_reports_the_libvirt_failure():
+    options = engine_options(strategy="precopy")
+    the_plan = plan_migration(options, None, 256, None)
+    dom = FakeMigratingDomain(migrate_error=FakeLibvirtError("unable to connect to server", 38))
+    clock = FakeClock()
+    outcome = monitor(LibvirtMigrationJob(dom, PEER), the_plan, options, None, [], clock, clock.now)
+    assert outcome.completed is False
+    assert outcome.error.startswith("unable to connect to server")
+    assert outcome.aborted_by is None
