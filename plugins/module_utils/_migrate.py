@@ -37,6 +37,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     EngineOptions,
     MigrationError,
     MigrationPlan,
+    MonitorOutcome,
     monitor,
     plan_migration,
     summarize_stats,
@@ -66,6 +67,14 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
 # Checks that hold even with preflight=false: without them libvirt would be asked something absurd.
 ALWAYS_ENFORCED_CHECKS = ("distinct_hosts", "domain_running")
 JOB_STATS_COMPLETED = 1
+EVENT_ID_JOB_COMPLETED = 21  # VIR_DOMAIN_EVENT_ID_JOB_COMPLETED
+MIGRATE_POSTCOPY_RESUME = 524288
+DOMAIN_PAUSED = 3
+PAUSED_POSTCOPY_FAILED = 13
+POSTCOPY_RECOVERY_RETRY_S = 5.0
+DEFAULT_POSTCOPY_RECOVERY_TIMEOUT_S = 300
+# libvirt sends the job-completed event as the job ends; the migration call may return first.
+COMPLETED_EVENT_WAIT_S = 2.0
 DOMAIN_RUNNING = 1
 PAUSED_MIGRATION = 2
 
@@ -80,18 +89,41 @@ class CompactionSettings:
 
 
 class LibvirtMigrationJob:
-    """A peer-to-peer migrateToURI3 call running in a thread, watched through the source domain."""
+    """A peer-to-peer migrateToURI3 call running in a thread, watched through the source domain.
 
-    def __init__(self, dom: t.Any, peer_uri: str) -> None:
-        self.dom = dom
+    The call runs on a connection of its own (`migrating_dom`): on libvirt 9.0
+    a second call on the connection that is busy migrating (domain state, say)
+    can block for as long as the migration, and the monitor must stay free to
+    abort. libvirt's job-completed event, caught on the watching connection,
+    carries the final statistics, the only ones left after post-copy.
+    """
+
+    def __init__(self, migrating_dom: t.Any, watched_dom: t.Any, peer_uri: str) -> None:
+        self.migrating_dom = migrating_dom
+        self.dom = watched_dom
         self.peer_uri = peer_uri
         self._thread: t.Optional[threading.Thread] = None
         self._error: t.Optional[str] = None
+        self._completed = threading.Event()
+        self._completed_stats: t.Optional[t.Dict[str, t.Any]] = None
+        self._callback_id: t.Optional[int] = None
+
+    def _on_job_completed(self, _conn: t.Any, dom: t.Any, stats: t.Mapping[str, t.Any], uuid: t.Any) -> None:
+        if dom.UUIDString() == uuid:
+            self._completed_stats = dict(stats)
+            self._completed.set()
 
     def start(self, flags: int, params: t.Mapping[str, t.Any]) -> None:
+        try:
+            self._callback_id = self.dom.connect().domainEventRegisterAny(
+                self.dom, EVENT_ID_JOB_COMPLETED, self._on_job_completed, self.dom.UUIDString()
+            )
+        except LibvirtError:
+            self._callback_id = None  # the statistics then come from the destination or the last sample
+
         def migrate() -> None:
             try:
-                self.dom.migrateToURI3(self.peer_uri, dict(params), flags)
+                self.migrating_dom.migrateToURI3(self.peer_uri, dict(params), flags)
             except Exception as exc:  # handed to the monitor; a bad parameter type raises TypeError
                 self._error = describe_libvirt_error(exc)
 
@@ -121,6 +153,21 @@ class LibvirtMigrationJob:
 
     def abort(self) -> None:
         self.dom.abortJob()
+
+    def completed_stats(self, wait_s: float) -> t.Optional[t.Dict[str, t.Any]]:
+        """The job-completed event's statistics, waiting up to wait_s for the event."""
+        if self._callback_id is None:
+            return None
+        self._completed.wait(wait_s)
+        return self._completed_stats
+
+    def close(self) -> None:
+        if self._callback_id is not None:
+            try:
+                self.dom.connect().domainEventDeregisterAny(self._callback_id)
+            except LibvirtError:
+                pass
+            self._callback_id = None
 
 
 # ---- prediction ------------------------------------------------------------
@@ -198,9 +245,11 @@ class _Run:
         enforce_preflight: bool,
         compaction: CompactionSettings,
         peer_uri: t.Optional[str],
+        postcopy_recovery_timeout_s: int,
         clock: t.Callable[[], float],
         sleep: t.Callable[[float], None],
     ) -> None:
+        self.postcopy_recovery_timeout_s = postcopy_recovery_timeout_s
         self.source = source
         self.destination = destination
         self.name = name
@@ -273,6 +322,9 @@ class _Run:
     # The run ---------------------------------------------------------------------
 
     def run(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        dom = find_domain(self.source.conn, self.name)
+        if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
+            return self.resume_broken_postcopy(dom, check_mode)
         data, report = self.measure()
         if report.already_migrated:
             self.result["already_migrated"] = True
@@ -314,6 +366,28 @@ class _Run:
         self.migrate(dom, plan, prediction, compact and self.result["compaction"] is not None)
         return self.result
 
+    def resume_broken_postcopy(self, dom: t.Any, check_mode: bool) -> t.Dict[str, t.Any]:
+        """A post-copy migration of this domain broke earlier (an earlier run, or libvirt's own): finish it."""
+        self.event("postcopy_recovery", note="the domain waits on its source for an interrupted post-copy migration")
+        self.result["changed"] = True
+        options = dataclasses.replace(self.options, strategy="postcopy", allow_postcopy=True)
+        plan = plan_migration(options, None, 0, None)
+        self.result["strategy"] = dict(plan.to_dict(), reason="resume the interrupted post-copy migration")
+        if check_mode:
+            return self.result
+        with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
+            migrating_dom = migration_connection.conn.lookupByName(self.name)
+            failed = MonitorOutcome(
+                completed=False, error="post-copy interrupted before this run", aborted_by=None, hint=None,
+                postcopy_started=True, still_running=False, last_sample=None, shaking=[], downtime_ms=0,
+            )
+            outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, failed)
+        if outcome.completed:
+            self.finish_success(completed_stats, None, compacted=False)
+            return self.result
+        self.finish_failure(dom, outcome, was_running=False, compacted=False)
+        return self.result
+
     def refuse_running_job(self, dom: t.Any) -> None:
         stats = dom.jobStats(0)
         if stats and stats.get("type", JOB_NONE) != JOB_NONE:
@@ -325,23 +399,74 @@ class _Run:
 
     def migrate(self, dom: t.Any, plan: MigrationPlan, prediction: t.Optional[Prediction], compacted: bool) -> None:
         was_running = dom.state()[0] == DOMAIN_RUNNING
-        job = LibvirtMigrationJob(dom, self.peer_uri)
-        outcome = monitor(
-            job, plan, self.options, prediction.converges if prediction is not None else None,
-            self.timeline, self.clock, self.started,
-        )
+        with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
+            migrating_dom = migration_connection.conn.lookupByName(self.name)
+            job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
+            try:
+                outcome = monitor(
+                    job, plan, self.options, prediction.converges if prediction is not None else None,
+                    self.timeline, self.clock, self.started,
+                )
+                completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if outcome.completed else None
+                if not outcome.completed and outcome.postcopy_started and not outcome.still_running:
+                    outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, outcome)
+            finally:
+                job.close()
         self.result["shaking"] = outcome.shaking
         if outcome.completed:
-            self.finish_success(plan, outcome.last_sample, compacted)
+            self.finish_success(completed_stats, outcome.last_sample, compacted)
             return
         self.finish_failure(dom, outcome, was_running, compacted)
 
-    def finish_success(self, plan: MigrationPlan, last_sample: t.Any, compacted: bool) -> None:
+    def recover_postcopy(
+        self, migrating_dom: t.Any, dom: t.Any, plan: MigrationPlan, failed: MonitorOutcome
+    ) -> t.Tuple[MonitorOutcome, t.Optional[t.Dict[str, t.Any]]]:
+        """Resume a post-copy migration whose connection broke, until it completes or the recovery bound passes.
+
+        The guest then runs on the destination, paused waiting for pages, and
+        the source holds them: neither side can be given up, so the only way
+        forward is to reconnect the two and finish (libvirt's post-copy resume).
+        Returns the outcome and, on success, the job's final statistics.
+        """
+        bound_s = self.postcopy_recovery_timeout_s
+        if bound_s <= 0:
+            return failed, None
+        deadline = self.clock() + bound_s
+        attempt = 0
+        outcome = failed
+        while self.clock() < deadline:
+            state, reason = dom.state()
+            if not (state == DOMAIN_PAUSED and reason == PAUSED_POSTCOPY_FAILED):
+                self.event("postcopy_recovery", attempt=attempt, note="the source is not waiting for recovery",
+                           state=domain_state_name(state), reason=reason)
+                return outcome, None
+            attempt += 1
+            self.event("postcopy_recovery", attempt=attempt)
+            job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
+            job.start(plan.flags | MIGRATE_POSTCOPY_RESUME, plan.params)
+            try:
+                finished = job.wait(max(deadline - self.clock(), 0.0))
+                completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if finished and not job.error() else None
+            finally:
+                job.close()
+            if finished and job.error() is None:
+                self.event("complete", note="post-copy recovered (attempt %d)" % attempt)
+                return dataclasses.replace(failed, completed=True, error=None), completed_stats
+            error = job.error() if finished else "the recovery did not finish within postcopy_recovery_timeout_s"
+            self.event("failed", error=error, note="post-copy recovery attempt %d" % attempt)
+            outcome = dataclasses.replace(failed, error=error, still_running=not finished)
+            if not finished:
+                return outcome, None
+            self.sleep(min(POSTCOPY_RECOVERY_RETRY_S, max(deadline - self.clock(), 0.0)))
+        return outcome, None
+
+    def finish_success(self, completed: t.Optional[t.Dict[str, t.Any]], last_sample: t.Any, compacted: bool) -> None:
         dest_dom = self.destination.conn.lookupByName(self.name)
-        try:
-            completed = dest_dom.jobStats(JOB_STATS_COMPLETED)
-        except LibvirtError:
-            completed = None
+        if not completed or "time_elapsed" not in completed:
+            try:
+                completed = dest_dom.jobStats(JOB_STATS_COMPLETED)
+            except LibvirtError:
+                completed = None
         self.result["stats"] = summarize_stats(completed, last_sample)
         if compacted:
             params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
@@ -406,7 +531,11 @@ class _Run:
         if outcome.hint:
             msg += "; to change the outcome: %s" % outcome.hint
         elif outcome.postcopy_started:
-            msg += "; the failure came during post-copy, see the docs on post-copy failures"
+            msg += (
+                "; it failed during post-copy, so the guest's memory is split between the hosts and neither copy "
+                "can run alone: bring both hosts and the network between them back, then run the task again (it "
+                "resumes the migration), or raise postcopy_recovery_timeout_s"
+            )
         else:
             msg += "; once the cause is fixed, run the task again"
         raise self.fail(msg, running_on=runs_on)
@@ -433,6 +562,7 @@ def run_live_migration(
     enforce_preflight: bool = True,
     compaction: CompactionSettings = CompactionSettings(),
     peer_uri: t.Optional[str] = None,
+    postcopy_recovery_timeout_s: int = DEFAULT_POSTCOPY_RECOVERY_TIMEOUT_S,
     check_mode: bool = False,
     clock: t.Callable[[], float] = time.monotonic,
     sleep: t.Callable[[float], None] = time.sleep,
@@ -440,10 +570,11 @@ def run_live_migration(
     """Migrate one domain live; return the module result or raise MigrationError carrying it.
 
     peer_uri: the destination as the source host reaches it (peer-to-peer),
-    default the destination's URI.
+    default the destination's URI. postcopy_recovery_timeout_s: how long to
+    keep resuming a post-copy migration whose connection broke (0: not at all).
     """
     run = _Run(source, destination, name, options, preflight_options, enforce_preflight, compaction, peer_uri,
-               clock, sleep)
+               postcopy_recovery_timeout_s, clock, sleep)
     try:
         return run.run(check_mode)
     except LibvirtError as exc:

@@ -139,6 +139,14 @@ options:
         So it is off unless you choose it.
     type: bool
     default: false
+  postcopy_recovery_timeout_s:
+    description:
+      - When the connection between the hosts breaks during post-copy, the guest waits on the destination for pages
+        that only the source holds, and libvirt pauses the source. The module then keeps trying to resume the
+        migration (libvirt's post-copy resume, every 5 s) for up to this many seconds; V(0) does not try.
+      - A later run of the task on a domain left in that state resumes the migration instead of starting one.
+    type: int
+    default: 300
   parallel_connections:
     description:
       - Number of parallel connections for the memory stream (QEMU multifd). V(1) is one stream. Parallel
@@ -300,7 +308,8 @@ timeline:
     - "Events: V(layer) (C(layer) 0 measure, 1 compaction, 2 pre-copy start with flags and parameters, 3 post-copy
       switch), V(downtime) (a new target), V(iteration) (a pass began: C(iteration), C(remaining_mib),
       C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(shaking) (C(rule),
-      C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(resume), V(restore), V(preflight)."
+      C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(postcopy_recovery) (an attempt to resume a
+      broken post-copy), V(resume) (a source left paused by the failure was resumed), V(restore), V(preflight)."
   returned: always
   type: list
   elements: dict
@@ -426,6 +435,7 @@ def main() -> None:
             "compact_headroom_mib": {"type": "int", "default": 64},
             "compact_timeout_s": {"type": "int", "default": 60},
             "allow_postcopy": {"type": "bool", "default": False},
+            "postcopy_recovery_timeout_s": {"type": "int", "default": 300},
             "parallel_connections": {"type": "int", "default": 1},
             "compression": {"type": "list", "elements": "str"},
             "tls": {"type": "bool", "default": False},
@@ -483,6 +493,7 @@ def main() -> None:
                 enforce_preflight=params["preflight"],
                 compaction=compaction,
                 peer_uri=params["peer_uri"],
+                postcopy_recovery_timeout_s=params["postcopy_recovery_timeout_s"],
                 check_mode=module.check_mode,
             )
     except (StrataError, LibvirtError) as exc:

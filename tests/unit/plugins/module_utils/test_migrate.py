@@ -17,6 +17,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     plan_migration,
 )
 from ansible_collections.strata.migration.plugins.module_utils._inventory import BalloonFacts, DomainFacts
+from ansible_collections.strata.migration.plugins.module_utils import _migrate
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import ERR_NO_DOMAIN
 from ansible_collections.strata.migration.plugins.module_utils._migrate import (
     LibvirtMigrationJob,
@@ -196,6 +197,7 @@ class FakeMigratingDomain:
         self.migrate_error = migrate_error
         self.job_stats = stats if stats is not None else {"type": 0}
         self.stats_error = stats_error
+        self.events = FakeEventConn()
         self.release = threading.Event()
         if not block:
             self.release.set()
@@ -222,13 +224,38 @@ class FakeMigratingDomain:
     def abortJob(self):
         self.calls.append(("abortJob",))
 
+    def connect(self):
+        return self.events
+
+
+class FakeEventConn:
+    """Registers domain event callbacks; fire() delivers the job-completed event."""
+
+    def __init__(self, refuse=None):
+        self.callbacks = {}
+        self.refuse = refuse
+        self.deregistered = []
+
+    def domainEventRegisterAny(self, dom, event_id, callback, opaque):
+        if self.refuse is not None:
+            raise self.refuse
+        self.callbacks[len(self.callbacks) + 1] = (dom, event_id, callback, opaque)
+        return len(self.callbacks)
+
+    def domainEventDeregisterAny(self, callback_id):
+        self.deregistered.append(callback_id)
+
+    def fire(self, stats):
+        for dom, _event_id, callback, opaque in self.callbacks.values():
+            callback(self, dom, stats, opaque)
+
 
 PEER = "qemu+tcp://127.0.0.12/system"
 
 
 def test_job_runs_migrate_to_uri3_in_a_thread_with_a_copy_of_the_params():
     dom = FakeMigratingDomain()
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     params = {"bandwidth": 60}
     job.start(1 | 2, params)
     assert job.wait(10) is True
@@ -241,7 +268,7 @@ def test_job_runs_migrate_to_uri3_in_a_thread_with_a_copy_of_the_params():
 
 def test_job_wait_is_false_while_libvirt_has_not_returned():
     dom = FakeMigratingDomain(block=True)
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     job.start(1, {})
     try:
         assert job.wait(0.01) is False
@@ -253,7 +280,7 @@ def test_job_wait_is_false_while_libvirt_has_not_returned():
 
 def test_job_error_is_libvirts_message():
     dom = FakeMigratingDomain(migrate_error=FakeLibvirtError("operation failed: client socket is closed", 1))
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     job.start(1, {})
     assert job.wait(10) is True
     assert job.error().startswith("operation failed: client socket is closed")
@@ -262,7 +289,7 @@ def test_job_error_is_libvirts_message():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_job_error_when_the_call_raises_something_else():
     dom = FakeMigratingDomain(migrate_error=TypeError("migrateToURI3() argument 2 must be dict"))
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     job.start(1, {})
     assert job.wait(10) is True
     assert job.error() is not None
@@ -270,19 +297,19 @@ def test_job_error_when_the_call_raises_something_else():
 
 def test_job_stats_reads_the_running_job():
     dom = FakeMigratingDomain(stats={"type": 2, "memory_processed": 1})
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     assert job.stats() == {"type": 2, "memory_processed": 1}
     assert dom.calls == [("jobStats", 0)]
 
 
 def test_job_stats_none_when_libvirt_cannot_read_them():
     dom = FakeMigratingDomain(stats_error=FakeLibvirtError("Domain not found", ERR_NO_DOMAIN))
-    assert LibvirtMigrationJob(dom, PEER).stats() is None
+    assert LibvirtMigrationJob(dom, dom, PEER).stats() is None
 
 
 def test_job_controls_go_to_the_domain():
     dom = FakeMigratingDomain()
-    job = LibvirtMigrationJob(dom, PEER)
+    job = LibvirtMigrationJob(dom, dom, PEER)
     job.set_max_downtime(75)
     job.start_postcopy()
     job.abort()
@@ -295,7 +322,7 @@ def test_monitor_drives_the_libvirt_job():
     dom = FakeMigratingDomain()
     timeline = []
     clock = FakeClock()
-    outcome = monitor(LibvirtMigrationJob(dom, PEER), the_plan, options, None, timeline, clock, clock.now)
+    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, timeline, clock, clock.now)
     assert outcome.completed is True
     assert outcome.error is None
     assert dom.calls[0][:4] == ("migrateToURI3", PEER, {}, the_plan.flags)
@@ -307,7 +334,50 @@ def test_monitor_reports_the_libvirt_failure():
     the_plan = plan_migration(options, None, 256, None)
     dom = FakeMigratingDomain(migrate_error=FakeLibvirtError("unable to connect to server", 38))
     clock = FakeClock()
-    outcome = monitor(LibvirtMigrationJob(dom, PEER), the_plan, options, None, [], clock, clock.now)
+    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, [], clock, clock.now)
     assert outcome.completed is False
     assert outcome.error.startswith("unable to connect to server")
     assert outcome.aborted_by is None
+
+
+def test_job_migrates_on_its_own_connection_and_watches_on_the_other():
+    migrating, watched = FakeMigratingDomain(), FakeMigratingDomain()
+    job = LibvirtMigrationJob(migrating, watched, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    job.stats()
+    job.abort()
+    assert [c[0] for c in migrating.calls] == ["migrateToURI3"]
+    assert [c[0] for c in watched.calls] == ["jobStats", "abortJob"]
+
+
+def test_job_completed_event_gives_the_final_statistics():
+    dom = FakeMigratingDomain()
+    job = LibvirtMigrationJob(dom, dom, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    ((_, event_id, _, _),) = dom.events.callbacks.values()
+    assert event_id == _migrate.EVENT_ID_JOB_COMPLETED
+    dom.events.fire({"time_elapsed": 5794, "downtime": 19})
+    assert job.completed_stats(0.01) == {"time_elapsed": 5794, "downtime": 19}
+    job.close()
+    assert dom.events.deregistered == [1]
+
+
+def test_job_without_the_event_waits_for_nothing():
+    dom = FakeMigratingDomain()
+    dom.events = FakeEventConn(refuse=FakeLibvirtError("no events", 3))
+    job = LibvirtMigrationJob(dom, dom, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    assert job.completed_stats(5.0) is None
+    job.close()
+    assert dom.events.deregistered == []
+
+
+def test_job_completed_event_that_never_comes_is_waited_for_boundedly():
+    dom = FakeMigratingDomain()
+    job = LibvirtMigrationJob(dom, dom, PEER)
+    job.start(1, {})
+    assert job.wait(10) is True
+    assert job.completed_stats(0.01) is None
