@@ -108,15 +108,14 @@ class LibvirtMigrationJob:
         self._completed_stats: t.Optional[t.Dict[str, t.Any]] = None
         self._callback_id: t.Optional[int] = None
 
-    def _on_job_completed(self, _conn: t.Any, dom: t.Any, stats: t.Mapping[str, t.Any], uuid: t.Any) -> None:
-        if dom.UUIDString() == uuid:
-            self._completed_stats = dict(stats)
-            self._completed.set()
+    def _on_job_completed(self, _conn: t.Any, _dom: t.Any, stats: t.Mapping[str, t.Any], _opaque: t.Any) -> None:
+        self._completed_stats = dict(stats)
+        self._completed.set()
 
     def start(self, flags: int, params: t.Mapping[str, t.Any]) -> None:
         try:
             self._callback_id = self.dom.connect().domainEventRegisterAny(
-                self.dom, EVENT_ID_JOB_COMPLETED, self._on_job_completed, self.dom.UUIDString()
+                self.dom, EVENT_ID_JOB_COMPLETED, self._on_job_completed, None
             )
         except LibvirtError:
             self._callback_id = None  # the statistics then come from the destination or the last sample
