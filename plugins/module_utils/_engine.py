@@ -543,6 +543,8 @@ class _Monitor:
         self.progress_at = 0.0
         self.shaking: t.List[t.Dict[str, t.Any]] = []
         self.downtime_applied = False
+        self.ramping = False
+        self.rules_seen: t.Set[str] = set()
         self.job_started = started
 
     def now(self) -> float:
@@ -604,18 +606,32 @@ class _Monitor:
             return
         verdict = self.detector.observe(record)
         if verdict is None:
+            if self.ramping:
+                self.ramp_step("the hot layer is still being resent: next step of the downtime ramp")
             return
         rule, detail = verdict
         self.shaking.append({"iteration": sample.iteration, "rule": rule, "detail": detail})
-        self.event("shaking", rule=rule, detail=detail)
+        # The timeline keeps the first report of each rule; repeats are in the shaking list.
+        if rule not in self.rules_seen:
+            self.rules_seen.add(rule)
+            self.event("shaking", rule=rule, detail=detail)
         self.treat_hot_layer(rule)
 
     def treat_hot_layer(self, rule: str) -> None:
         if self.plan.hot_layer == HOT_LAYER_POSTCOPY:
             self.switch_to_postcopy("shaking detected (%s)" % rule)
-        elif self.plan.hot_layer == HOT_LAYER_THROTTLE and self.step + 1 < len(self.plan.downtime_steps_ms):
-            self.step += 1
-            self.set_downtime("shaking detected (%s): next step of the downtime ramp" % rule)
+        elif self.plan.hot_layer == HOT_LAYER_THROTTLE:
+            # From now on each pass takes one step, up to max_downtime_ms: XBZRLE passes are short, so the
+            # ramp tries each lower target for one pass rather than a whole detection window.
+            self.ramping = True
+            self.ramp_step("shaking detected (%s): next step of the downtime ramp" % rule)
+
+    def ramp_step(self, why: str) -> None:
+        if self.step + 1 >= len(self.plan.downtime_steps_ms):
+            self.ramping = False
+            return
+        self.step += 1
+        self.set_downtime(why)
 
     def switch_to_postcopy(self, why: str) -> None:
         try:
