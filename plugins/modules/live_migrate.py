@@ -27,7 +27,8 @@ description:
     O(allow_postcopy=true) the job then switches to post-copy, so each hot page crosses once. Without it, what was
     enabled at the start for hot pages does the work (XBZRLE delta compression with a cache of twice the measured
     hot set for a predicted hot layer, auto-converge throttling starting at 60% in 20% steps) and the downtime
-    target rises step by step (a quarter of O(max_downtime_ms), then half, three quarters, all of it)."
+    target, which starts at a quarter of O(max_downtime_ms) for a predicted hot layer, rises one step per pass (half,
+    three quarters, all of it)."
   - "Guards: more than O(max_transfer_ratio) times the guest's memory sent, O(timeout_s) reached, or nothing sent
     for O(stall_timeout_s) aborts the job; the domain keeps running on its source, and the failure says why and
     which option to change. After post-copy started nothing can abort the job (the guest already runs on the
@@ -111,8 +112,7 @@ options:
     default: 8.0
   shaking_iterations:
     description:
-      - How many passes what is left must fail to shrink (by 10%) before shaking is declared; each further such
-        window takes one more step of the hot layer.
+      - How many passes what is left must fail to shrink (by 10%) before shaking is declared.
     type: int
     default: 3
   compact:
