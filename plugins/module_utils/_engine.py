@@ -35,7 +35,6 @@ runs on the destination), so the guards only report once it started.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction

@@ -40,7 +40,6 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     resolve_dirty_rate_timeout,
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
-    ERR_NO_DOMAIN,
     LibvirtClient,
     LibvirtError,
     LibvirtUriError,

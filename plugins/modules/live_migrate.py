@@ -11,8 +11,8 @@ short_description: Live-migrate a running VM to another libvirt host with the la
 version_added: 0.1.0
 description:
   - Moves a running domain from the host O(uri) connects to, to the host O(dest_uri) connects to, while it runs
-    (peer-to-peer live migration: the source libvirtd talks to the destination directly, and the module watches the
-    job from its connection to the source).
+    (peer-to-peer live migration, where the source libvirtd talks to the destination directly and the module watches
+    the job from its connection to the source).
   - "Layer 0, measure: reads both hosts, runs the pre-flight checks of M(strata.migration.preflight) (the task
     refuses when one fails, unless O(preflight=false)), measures the domain's dirty rate for
     O(measure_dirty_rate_s) and predicts the migration with the convergence model; O(strategy=auto) picks the

@@ -547,7 +547,7 @@ def test_not_shrinking_reported_again_every_window_passes():
     detector = ShakingDetector(3, None)
     verdicts = feed(detector, [record(i, 100.0) for i in range(2, 15)])
     assert list(verdicts) == [5, 8, 11, 14]
-    assert all(rule == "not_shrinking" for rule, _ in verdicts.values())
+    assert all(rule == "not_shrinking" for rule, _detail in verdicts.values())
 
 
 def test_dirty_outpaces_send_reported_again_every_two_passes():
@@ -797,7 +797,7 @@ def test_transfer_guard_aborts():
 def test_transfer_guard_ignores_a_sample_without_memory_total():
     clock, options, the_plan = setup("precopy", max_transfer_ratio=1.0)
     job = ScriptedJob(clock, rising(step_mib=1000.0, total_mib=0.0), ends_at=5)
-    outcome, _ = run_monitor(job, clock, the_plan, options)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
     assert outcome.completed is True
     assert job.called("abort") == []
 
@@ -824,7 +824,7 @@ def test_stall_guard_when_statistics_never_come():
 def test_steady_progress_never_trips_the_stall_guard():
     clock, options, the_plan = setup("precopy", stall_timeout_s=1, timeout_s=100)
     job = ScriptedJob(clock, rising(), ends_at=100)  # 20 s, well past stall_timeout_s, always sending
-    outcome, _ = run_monitor(job, clock, the_plan, options)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
     assert outcome.completed is True
     assert job.called("abort") == []
 
@@ -908,7 +908,7 @@ def test_shaking_switches_to_postcopy_when_allowed():
 def test_no_switch_before_shaking_is_detected():
     clock, options, the_plan = setup("layered", allow_postcopy=True)
     job = ScriptedJob(clock, lambda poll: job_stats(poll, poll * 10.0, 1000.0 / poll), ends_at=8)
-    outcome, _ = run_monitor(job, clock, the_plan, options, predicted=True)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options, predicted=True)
     assert outcome.completed is True
     assert outcome.postcopy_started is False
     assert job.called("start_postcopy") == []
@@ -971,7 +971,7 @@ def test_postcopy_that_never_ends_is_bounded_by_the_grace_period():
 def test_postcopy_may_finish_after_timeout_within_the_grace_period():
     clock, options, the_plan = setup("postcopy", allow_postcopy=True, timeout_s=1)
     job = ScriptedJob(clock, rising(), ends_at=300)  # 60 s
-    outcome, _ = run_monitor(job, clock, the_plan, options)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
     assert outcome.completed is True
     assert job.called("abort") == []
 
@@ -1012,7 +1012,7 @@ def test_model_rule_starts_the_ramp_and_each_later_pass_takes_one_step():
 def test_ramp_stops_at_the_maximum_however_many_passes_follow():
     clock, options, the_plan = setup("layered", max_downtime_ms=400)
     job = ScriptedJob(clock, lambda poll: job_stats(poll, poll * 10.0, 1000.0 / poll), ends_at=12)
-    outcome, _ = run_monitor(job, clock, the_plan, options, predicted=False)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options, predicted=False)
     assert [c[1] for c in job.called("set_max_downtime")] == [100, 200, 300, 400]
     assert outcome.downtime_ms == 400
 
@@ -1041,7 +1041,7 @@ def test_precopy_reports_shaking_and_does_nothing_about_it():
 def test_each_pass_is_recorded_once():
     clock, options, the_plan = setup("precopy")
     job = ScriptedJob(clock, rising(iteration_every=4, dirty_mibps=12.34, sent_mibps=98.76), ends_at=9)
-    _, timeline = run_monitor(job, clock, the_plan, options)
+    _outcome, timeline = run_monitor(job, clock, the_plan, options)
     iterations = events(timeline, "iteration")
     assert [e["iteration"] for e in iterations] == [1, 2]
     assert iterations[1]["processed_mib"] == 50.0
@@ -1055,7 +1055,7 @@ def test_timeout_counts_the_job_only():
     started = clock.now
     clock.now += 45.0  # dirty-rate measurement and compaction before the job starts
     job = ScriptedJob(clock, rising(), ends_at=150)  # the job itself takes 30 s
-    outcome, _ = run_monitor(job, clock, the_plan, options, started=started)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options, started=started)
     assert job.called("abort") == []
     assert outcome.completed is True
 

@@ -139,7 +139,7 @@ def test_prediction_assumes_a_bandwidth_when_unlimited():
 
 def test_prediction_zero_pages_never_negative():
     # The estimate can exceed the configured maximum (QEMU's own overhead).
-    _, inputs = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
+    _prediction, inputs = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
     assert inputs["zero_page_mib"] == 0
 
 
@@ -148,8 +148,8 @@ SHAKING = dict(bandwidth_mibps=60, max_downtime_ms=300)   # 200 MiB/s dirtied ag
 
 @pytest.mark.parametrize("allow_postcopy", [False, True])
 def test_prediction_for_auto_when_precopy_does_not_converge(allow_postcopy):
-    prediction, _ = _prediction_for(domain(256, 256), 256.0, 200.0,
-                                    engine_options(allow_postcopy=allow_postcopy, **SHAKING))
+    options = engine_options(allow_postcopy=allow_postcopy, **SHAKING)
+    prediction, _inputs = _prediction_for(domain(256, 256), 256.0, 200.0, options)
     if allow_postcopy:
         assert prediction.strategy in ("postcopy", "layered")
         assert prediction.converges is True
@@ -171,8 +171,8 @@ def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_p
 
 
 def test_explicit_layered_without_postcopy_predicts_like_auto():
-    auto, _ = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
-    layered, _ = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
+    auto, _auto_inputs = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
+    layered, _layered_inputs = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
     # Both run the same plan: pre-copy with the throttle set.
     assert plan_migration(engine_options(**SHAKING), auto, 256, 200.0).strategy == "layered"
     assert layered.converges is auto.converges is False
@@ -356,7 +356,8 @@ def test_job_completed_event_gives_the_final_statistics():
     job = LibvirtMigrationJob(dom, dom, PEER)
     job.start(1, {})
     assert job.wait(10) is True
-    ((_, event_id, _, _),) = dom.events.callbacks.values()
+    [registration] = list(dom.events.callbacks.values())
+    event_id = registration[1]
     assert event_id == _migrate.EVENT_ID_JOB_COMPLETED
     dom.events.fire({"time_elapsed": 5794, "downtime": 19})
     assert job.completed_stats(0.01) == {"time_elapsed": 5794, "downtime": 19}
