@@ -7,6 +7,8 @@
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
+    strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
+    strata-lab host start hv2              restart a killed host, taking back its running guests
     strata-lab down [--purge]              stop every lab process; --purge forgets guests
 """
 from __future__ import annotations
@@ -155,6 +157,20 @@ def cmd_network(args: argparse.Namespace) -> None:
     print(json.dumps({"network": args.name, "host": host.name, "changed": changed}))
 
 
+def cmd_host(args: argparse.Namespace) -> None:
+    host = LabState.load(args.lab_dir).host(args.name)
+    if args.host_command == "kill":
+        killed = hosts.kill_host(host)
+        print(json.dumps({"host": host.name, "killed_pids": killed, "changed": bool(killed)}))
+        return
+    if hosts.host_is_up(host):
+        print(json.dumps({"host": host.name, "uri": host.uri, "changed": False}))
+        return
+    hosts.kill_host(host)  # a libvirtd that no longer answers
+    hosts.start_host(host, keep_running=True)
+    print(json.dumps({"host": host.name, "uri": host.uri, "changed": True}))
+
+
 def cmd_guest(args: argparse.Namespace) -> None:
     state = LabState.load(args.lab_dir)
     if args.guest_command == "create":
@@ -227,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         network_verb.add_argument("name")
         network_verb.add_argument("--host", required=True)
     network.set_defaults(func=cmd_network)
+    host = sub.add_parser("host", help="kill or restart one host's libvirtd (failure tests)")
+    host_sub = host.add_subparsers(dest="host_command", required=True)
+    host_sub.add_parser("kill", help="SIGKILL the host's libvirtd; its guests' QEMU processes keep running").add_argument(
+        "name"
+    )
+    host_sub.add_parser(
+        "start", help="start a killed host again; it reconnects to its running guests (no-op when it is up)"
+    ).add_argument("name")
+    host.set_defaults(func=cmd_host)
     return parser
 
 

@@ -60,7 +60,16 @@ def render_qemu_conf(host: HostSpec) -> str:
     )
 
 
-def prepare_host_dirs(host: HostSpec) -> None:
+# Runtime state a restarted libvirtd needs to take back the guests and networks still running.
+KEPT_RUNTIME_DIRS = ("qemu", "network")
+
+
+def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
+    """Write the host's configuration and clear what a killed run left behind.
+
+    keep_running: keep the runtime state of guests and networks, so the new libvirtd
+    reconnects to the QEMU processes that outlived the old one, as a restarted libvirtd does.
+    """
     for key in PRIVATE_DIRS:
         host.private_dir(key).mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("etc")
@@ -70,6 +79,8 @@ def prepare_host_dirs(host: HostSpec) -> None:
     # Stale sockets and pid files of a killed run would make libvirtd refuse to start.
     run = host.private_dir("run")
     for entry in run.iterdir():
+        if keep_running and entry.name in KEPT_RUNTIME_DIRS:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -77,7 +88,8 @@ def prepare_host_dirs(host: HostSpec) -> None:
     host.pid_file.unlink(missing_ok=True)
     if host.cpu_models_missing:
         _write_legacy_cpu_map(host)
-    remove_stale_bridges(host)
+    if not keep_running:
+        remove_stale_bridges(host)
 
 
 def _write_legacy_cpu_map(host: HostSpec) -> None:
@@ -191,9 +203,12 @@ def host_config_current(host: HostSpec) -> bool:
     return path.exists() and path.read_text() == config_stamp(host)
 
 
-def start_host(host: HostSpec) -> int:
-    """Start the host's libvirtd in fresh namespaces and wait until it answers."""
-    prepare_host_dirs(host)
+def start_host(host: HostSpec, keep_running: bool = False) -> int:
+    """Start the host's libvirtd in fresh namespaces and wait until it answers.
+
+    keep_running: see prepare_host_dirs (for a restart after `kill_host`).
+    """
+    prepare_host_dirs(host, keep_running)
     _stamp_path(host).write_text(config_stamp(host))
     for target in PRIVATE_DIRS.values():
         # Mount points must exist on the real filesystem before the bind mounts.
@@ -299,6 +314,17 @@ def stop_host(host: HostSpec) -> None:
     _kill_tree(pids)
     remove_stale_bridges(host)
     host.pid_file.unlink(missing_ok=True)
+
+
+def kill_host(host: HostSpec) -> list[int]:
+    """SIGKILL the host's libvirtd, as a crash would; its guests' QEMU processes keep running."""
+    pids = libvirtd_pids(host)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    return pids
 
 
 def _kill_tree(pids: list[int]) -> None:

@@ -13,6 +13,8 @@ LAB_PACKAGES = (
     "busybox-static",
     "gcc",
     "libc6-dev",
+    # ss: the post-copy recovery test cuts a migration stream with `ss -K`.
+    "iproute2",
 )
 # Needed to build libvirt-python into the virtualenv, and by the sanity tests.
 BUILD_PACKAGES = ("libvirt-dev", "pkg-config", "python3-dev", "python3-venv", "git", "make", "shellcheck")

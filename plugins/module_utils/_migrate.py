@@ -49,6 +49,7 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtError,
+    StrataError,
     describe_libvirt_error,
     libvirt_error_code,
     find_domain,
@@ -493,10 +494,14 @@ class _Run:
             )
 
     def verify(self) -> t.Dict[str, t.Any]:
-        where = {
-            "source": placement(self.source.conn, self.name),
-            "destination": placement(self.destination.conn, self.name),
-        }
+        """Where the domain is on each host; a host that cannot be read is reported as such."""
+        where = {}
+        for role, client in (("source", self.source), ("destination", self.destination)):
+            try:
+                where[role] = placement(client.conn, self.name)
+            except (LibvirtError, StrataError) as exc:
+                where[role] = {"defined": None, "state": None, "reason": None, "persistent": None,
+                               "error": str(exc)}
         self.result["placement"] = where
         return where
 
@@ -519,6 +524,8 @@ class _Run:
                        settled=restored.settled, changed=changed)
         self.result["stats"] = summarize_stats(None, outcome.last_sample)
         self.result["aborted_by"] = outcome.aborted_by
+        # Back where it started (memory given back too), unless post-copy already moved the guest's execution.
+        self.result["changed"] = outcome.postcopy_started
         runs_on = _runs_on(where)
         cause = outcome.error or "no error from libvirt"
         if outcome.aborted_by:
@@ -549,6 +556,9 @@ def _runs_on(where: t.Mapping[str, t.Mapping[str, t.Any]]) -> str:
         states.append("is %s on the source" % source["state"])
     if _active(destination):
         states.append("is %s on the destination" % destination["state"])
+    unreadable = [role for role in ("source", "destination") if where[role].get("error")]
+    if unreadable and not states:
+        return "could not be located: the %s host could not be read" % " and ".join(unreadable)
     if not states:
         return "runs on neither host"
     return " and ".join(states)

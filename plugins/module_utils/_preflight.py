@@ -1137,7 +1137,8 @@ def gather_preflight(
         data.dest_interfaces = list_active_interfaces(dest_conn)
     except LibvirtError as exc:
         raise _libvirt_failure("destination", dest_uri, exc) from exc
-    if options.measure_dirty_rate_s and options.dirty_rate_timeout_s and facts.state == "running":
+    # A domain busy with another job (a migration, a dump) holds libvirt's lock: measuring would wait for it.
+    if options.measure_dirty_rate_s and options.dirty_rate_timeout_s and facts.state == "running" and not facts.job_running:
         data.dirty_rate_mibps = measure_dirty_rate(
             dom, options.measure_dirty_rate_s, options.dirty_rate_timeout_s, sleep=sleep, clock=clock
         )

@@ -73,6 +73,14 @@ def test_runs_on(source, destination, expected):
     assert _runs_on({"source": where(source), "destination": where(destination)}) == expected
 
 
+def test_runs_on_names_an_unreadable_host():
+    unreadable = {"defined": None, "state": None, "reason": None, "persistent": None, "error": "socket closed"}
+    assert _runs_on({"source": where("running"), "destination": unreadable}) == "is running on the source"
+    assert _runs_on({"source": where(None), "destination": unreadable}) == (
+        "could not be located: the destination host could not be read"
+    )
+
+
 class FakePlacedDomain:
     def __init__(self, state, reason, persistent):
         self._state, self._reason, self._persistent = state, reason, persistent

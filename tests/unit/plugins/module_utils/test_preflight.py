@@ -710,10 +710,11 @@ LAB_XML = """<domain type='qemu'>
 
 
 class FakeDom:
-    def __init__(self, state=1, snapshots=0, snapshot_error=None):
+    def __init__(self, state=1, snapshots=0, snapshot_error=None, job_type=0):
         self._state = state
         self._snapshots = snapshots
         self._snapshot_error = snapshot_error
+        self.job_type = job_type
         self.conn = None
 
     def name(self):
@@ -738,7 +739,7 @@ class FakeDom:
         return LAB_XML
 
     def jobInfo(self):
-        return [0] * 12
+        return [self.job_type] + [0] * 11
 
     def memoryStats(self):
         return {"actual": 262144, "unused": 131072}
@@ -973,6 +974,15 @@ def test_gather_measures_the_dirty_rate_of_a_running_domain():
     paused = _gather(FakeConn("hv1", domains=[FakeDom(state=3)]), FakeConn("hv2"), measure_dirty_rate_s=2,
                      dirty_rate_timeout_s=12)
     assert paused.dirty_rate_mibps is None
+
+
+def test_gather_does_not_measure_a_domain_busy_with_another_job():
+    # The other job holds libvirt's lock: a measurement would wait for it and then fail.
+    busy = FakeDom(job_type=2)
+    gathered = _gather(FakeConn("hv1", domains=[busy]), FakeConn("hv2"), measure_dirty_rate_s=2,
+                       dirty_rate_timeout_s=12)
+    assert gathered.domain.job_running
+    assert gathered.dirty_rate_mibps is None
 
 
 def test_gather_domain_already_on_the_destination_skips_the_probes():
