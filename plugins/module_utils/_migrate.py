@@ -179,10 +179,14 @@ def _prediction_for(
     memory_mib: float,
     dirty_rate_mibps: t.Optional[float],
     options: EngineOptions,
-) -> t.Tuple[t.Optional[Prediction], t.Optional[t.Dict[str, t.Any]]]:
-    """The model's prediction for the strategy that will run, and its inputs, or (None, None) unmeasured."""
+) -> t.Tuple[t.Optional[Prediction], t.Optional[t.Dict[str, t.Any]], t.Optional[bool]]:
+    """The model's prediction for the strategy that will run, its inputs, and whether plain pre-copy converges.
+
+    (None, None, None) without a measured dirty rate. The last value feeds the
+    shaking detector's model rule, which is about pre-copy whatever runs.
+    """
     if dirty_rate_mibps is None:
-        return None, None
+        return None, None, None
     bandwidth = options.bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS
     inputs = MigrationInputs(
         memory_mib=memory_mib,
@@ -200,7 +204,7 @@ def _prediction_for(
         chosen = next(c for c in candidates if c.strategy == wanted)
     described = inputs.to_dict()
     described["bandwidth_assumed"] = not options.bandwidth_mibps
-    return chosen, described
+    return chosen, described, candidates[0].converges
 
 
 def _prediction_dict(prediction: t.Optional[Prediction], inputs: t.Optional[t.Dict[str, t.Any]]) -> t.Optional[t.Dict[str, t.Any]]:
@@ -357,7 +361,9 @@ class _Run:
                        after_mib=compacted.after_mib, settled=compacted.settled, changed=changed)
             # Balloon statistics lag the balloon's move; what the guest uses was measured before it.
             memory_mib = min(memory_mib, float(compacted.after_mib))
-        prediction, inputs = _prediction_for(domain, memory_mib, data.dirty_rate_mibps, self.options)
+        prediction, inputs, precopy_converges = _prediction_for(
+            domain, memory_mib, data.dirty_rate_mibps, self.options
+        )
         self.result["prediction"] = _prediction_dict(prediction, inputs)
         hot_set_mib = data.dirty_rate_mibps * 1.0 if data.dirty_rate_mibps is not None else None
         plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib)
@@ -365,7 +371,7 @@ class _Run:
         self.result["changed"] = True
         if check_mode:
             return self.result
-        self.migrate(dom, plan, prediction, compact and self.result["compaction"] is not None)
+        self.migrate(dom, plan, precopy_converges, compact and self.result["compaction"] is not None)
         return self.result
 
     def resume_broken_postcopy(self, dom: t.Any, check_mode: bool) -> t.Dict[str, t.Any]:
@@ -399,16 +405,13 @@ class _Run:
                 % (self.name, redact_uri(self.source.uri), stats.get("time_elapsed", "?"), self.name),
             )
 
-    def migrate(self, dom: t.Any, plan: MigrationPlan, prediction: t.Optional[Prediction], compacted: bool) -> None:
+    def migrate(self, dom: t.Any, plan: MigrationPlan, precopy_converges: t.Optional[bool], compacted: bool) -> None:
         was_running = dom.state()[0] == DOMAIN_RUNNING
         with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
             try:
-                outcome = monitor(
-                    job, plan, self.options, prediction.converges if prediction is not None else None,
-                    self.timeline, self.clock, self.started,
-                )
+                outcome = monitor(job, plan, self.options, precopy_converges, self.timeline, self.clock, self.started)
                 completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if outcome.completed else None
                 if not outcome.completed and outcome.postcopy_started and not outcome.still_running:
                     outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, outcome)

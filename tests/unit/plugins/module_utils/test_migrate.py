@@ -124,13 +124,13 @@ def test_placement_passes_other_libvirt_errors_on():
 
 
 def test_no_measurement_no_prediction():
-    assert _prediction_for(domain(), 512.0, None, engine_options()) == (None, None)
+    assert _prediction_for(domain(), 512.0, None, engine_options()) == (None, None, None)
     assert _prediction_dict(None, None) is None
 
 
 def test_prediction_for_auto_is_the_models_choice_with_its_inputs():
     options = engine_options(bandwidth_mibps=100, max_downtime_ms=250, allow_postcopy=True)
-    prediction, inputs = _prediction_for(domain(memory_max_mib=512), 200.0, 5.0, options)
+    prediction, inputs, _precopy_converges = _prediction_for(domain(memory_max_mib=512), 200.0, 5.0, options)
     expected_inputs = MigrationInputs(memory_mib=200.0, dirty_rate_mibps=5.0, bandwidth_mibps=100,
                                       max_downtime_ms=250, zero_page_mib=312.0)
     assert prediction == choose_strategy(expected_inputs, True)[0]
@@ -139,7 +139,7 @@ def test_prediction_for_auto_is_the_models_choice_with_its_inputs():
 
 
 def test_prediction_assumes_a_bandwidth_when_unlimited():
-    prediction, inputs = _prediction_for(domain(), 512.0, 5.0, engine_options(bandwidth_mibps=0))
+    prediction, inputs, _precopy_converges = _prediction_for(domain(), 512.0, 5.0, engine_options(bandwidth_mibps=0))
     assert inputs["bandwidth_mibps"] == DEFAULT_PREDICTION_BANDWIDTH_MIBPS
     assert inputs["bandwidth_assumed"] is True
     assert prediction is not None
@@ -147,7 +147,7 @@ def test_prediction_assumes_a_bandwidth_when_unlimited():
 
 def test_prediction_zero_pages_never_negative():
     # The estimate can exceed the configured maximum (QEMU's own overhead).
-    _prediction, inputs = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
+    _prediction, inputs, _precopy_converges = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
     assert inputs["zero_page_mib"] == 0
 
 
@@ -157,7 +157,9 @@ SHAKING = dict(bandwidth_mibps=60, max_downtime_ms=300)   # 200 MiB/s dirtied ag
 @pytest.mark.parametrize("allow_postcopy", [False, True])
 def test_prediction_for_auto_when_precopy_does_not_converge(allow_postcopy):
     options = engine_options(allow_postcopy=allow_postcopy, **SHAKING)
-    prediction, _inputs = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    prediction, _inputs, precopy_converges = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    # The shaking detector learns about pre-copy even when a post-copy strategy (which converges) was chosen.
+    assert precopy_converges is False
     if allow_postcopy:
         assert prediction.strategy in ("postcopy", "layered")
         assert prediction.converges is True
@@ -171,7 +173,7 @@ def test_prediction_for_auto_when_precopy_does_not_converge(allow_postcopy):
                                                       ("postcopy", True), ("layered", True)])
 def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_postcopy):
     options = engine_options(strategy=strategy, allow_postcopy=allow_postcopy, **SHAKING)
-    prediction, inputs = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    prediction, inputs, _precopy_converges = _prediction_for(domain(256, 256), 256.0, 200.0, options)
     assert prediction.strategy == strategy
     expected = MigrationInputs(memory_mib=256.0, dirty_rate_mibps=200.0, bandwidth_mibps=60, max_downtime_ms=300)
     candidates = choose_strategy(expected, allow_postcopy)[1]
@@ -179,8 +181,8 @@ def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_p
 
 
 def test_explicit_layered_without_postcopy_predicts_like_auto():
-    auto, _auto_inputs = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
-    layered, _layered_inputs = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
+    auto, _auto_inputs, _auto_precopy = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
+    layered, _layered_inputs, _layered_precopy = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
     # Both run the same plan: pre-copy with the throttle set.
     assert plan_migration(engine_options(**SHAKING), auto, 256, 200.0).strategy == "layered"
     assert layered.converges is auto.converges is False
@@ -188,7 +190,7 @@ def test_explicit_layered_without_postcopy_predicts_like_auto():
 
 
 def test_prediction_dict_carries_the_inputs():
-    prediction, inputs = _prediction_for(domain(), 512.0, 5.0, engine_options())
+    prediction, inputs, _precopy_converges = _prediction_for(domain(), 512.0, 5.0, engine_options())
     described = _prediction_dict(prediction, inputs)
     assert described == dict(prediction.to_dict(), inputs=inputs)
     assert described["strategy"] == prediction.strategy
