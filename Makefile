@@ -10,7 +10,7 @@ STAGE := $(COLLECTIONS)/ansible_collections/strata/migration
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: demo demo-guests test venv stage lab-up lab-down clean
+.PHONY: demo demo-guests test venv stage lab-up lab-down clean bench
 
 demo: venv stage demo-guests
 	$(VENV)/bin/ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo_lab.yml
@@ -52,3 +52,10 @@ demo-guests: lab-up
 	  IFS=: read -r name host mem workload <<< "$$spec"; \
 	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" --reuse >/dev/null || exit 1; \
 	done
+
+# The engine against plain libvirt migration (benchmarks/results/live_migrate.*); the benchmark
+# imports the collection from this checkout (labkit.use_collection), so nothing is staged.
+# A smoke run: make bench BENCH_ARGS=--quick (results under benchmarks/results/tmp/).
+bench: venv lab-up
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
+	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py $(BENCH_ARGS)

@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -49,7 +46,6 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
     ensure_compacted,
     ensure_restored,
 )
-from ansible_collections.strata.migration.plugins.module_utils._inventory import format_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -156,22 +152,6 @@ def summarize(measurements: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
     }
 
 
-def environment(src_uri: str) -> t.Dict[str, t.Any]:
-    conn = libvirt.open(src_uri)
-    try:
-        lib, hv = conn.getLibVersion(), conn.getVersion()
-    finally:
-        conn.close()
-    return {
-        "libvirt": format_version(lib),
-        "qemu": format_version(hv),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
 def render_markdown(report: t.Dict[str, t.Any]) -> str:
     params, summary = report["parameters"], report["summary"]
     lines = [
@@ -262,7 +242,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                 if key in ("headroom_mib", "headroom_percent", "min_memory_mib", "timeout_s")
             },
         },
-        "environment": environment(src_uri),
+        "environment": labkit.environment(src_uri, dst_uri),
         "summary": summarize(measurements),
         "measurements": measurements,
     }

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -57,3 +59,32 @@ def use_collection() -> None:
     os.makedirs(os.path.dirname(link))
     os.symlink(REPO_ROOT, link)
     sys.path.insert(0, root)
+
+
+def environment(src_uri: str, dst_uri: str) -> t.Dict[str, t.Any]:
+    """Versions, machine, load and the other guests running on the two hosts, for a results file."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+
+    use_collection()
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.strata.migration.plugins.module_utils._inventory import format_version
+
+    others = {}
+    versions = {}
+    for uri in (src_uri, dst_uri):
+        conn = libvirt.open(uri)
+        try:
+            versions.setdefault("libvirt", format_version(conn.getLibVersion()))
+            versions.setdefault("qemu", format_version(conn.getVersion()))
+            others[uri] = sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        finally:
+            conn.close()
+    return dict(
+        versions,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        load_average=[round(v, 2) for v in os.getloadavg()],
+        other_guests_running=others,
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )

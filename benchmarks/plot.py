@@ -1,0 +1,54 @@
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Figures for the benchmarks (matplotlib, see benchmarks/requirements.txt)."""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on the lab machine
+# pylint: disable-next=wrong-import-position
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Method -> (label, line style); the baseline is sampled densely, the engine once per pass.
+STYLES = {
+    "baseline": ("plain libvirt", {"color": "tab:red", "linestyle": "-"}),
+    "engine": ("engine, no post-copy", {"color": "tab:blue", "linestyle": "-", "marker": "o", "markersize": 4}),
+    "engine_postcopy": ("engine, post-copy allowed",
+                        {"color": "tab:green", "linestyle": "--", "marker": "s", "markersize": 4}),
+}
+
+
+def plot_remaining(
+    series: t.Mapping[str, t.Sequence[t.Mapping[str, float]]],
+    bound_s: float,
+    title: str,
+    path: Path,
+) -> None:
+    """Remaining memory (MiB) over the migration's time (s), one line per method.
+
+    series: method -> [{t_s, remaining_mib}], t_s counted from the start of the
+    migration job. bound_s: the time bound, drawn as a vertical line.
+    """
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for method, points in series.items():
+        label, style = STYLES.get(method, (method, {}))
+        if not points:
+            label += " (no samples)"
+        axes.plot([p["t_s"] for p in points], [p["remaining_mib"] for p in points], label=label, **style)
+    axes.axvline(bound_s, color="grey", linestyle=":", label="time bound (%g s)" % bound_s)
+    axes.set_xlabel("time since the migration job started (s)")
+    axes.set_ylabel("memory remaining to send (MiB)")
+    axes.set_title(title)
+    axes.set_xlim(left=0)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
