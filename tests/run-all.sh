@@ -46,6 +46,20 @@ else
   echo "FAIL lab-up" >> "$results/integration.txt"
 fi
 
+echo "=== benchmark smoke run (benchmarks/live_migrate_benchmark.py --quick: it runs and writes its results)"
+# Speed is the benchmark's business, not the tests': this checks it works end to end on the lab.
+bench_dir="$results/benchmark"
+if pip install -q --disable-pip-version-check -r benchmarks/requirements.txt \
+  && python benchmarks/live_migrate_benchmark.py --quick --out-dir "$bench_dir" > "$results/benchmark.log" 2>&1 \
+  && python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(not (r["results"] and r["targets"]))' \
+       "$bench_dir/live_migrate.json" \
+  && [[ -s "$bench_dir/live_migrate.md" && -s "$bench_dir/live_migrate_shaking.png" ]]; then
+  echo "PASS live_migrate_benchmark" > "$results/benchmark.txt"
+else
+  echo "FAIL live_migrate_benchmark" > "$results/benchmark.txt"
+  tail -n 30 "$results/benchmark.log"
+fi
+
 echo "=== lab lifecycle tests (up, down, up again, recovery after a kill)"
 (cd "$stage" && python -m pytest -p no:cacheprovider -q tests/lab --junitxml="$results/lab.xml")
 

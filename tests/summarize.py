@@ -1,4 +1,4 @@
-"""Count what `make test` ran, from pytest's JUnit files, ansible-test's log and the integration list.
+"""Count what `make test` ran: pytest's JUnit files, ansible-test's log, the integration and benchmark lists.
 
 Prints one line per stage and a last line `total: N passed, N failed`; exits 1 when anything
 failed or a stage ran nothing.
@@ -42,8 +42,9 @@ def sanity_counts(results: Path) -> tuple[int, int, int]:
     return len(ran - failed - skipped), len(failed), len(skipped & ran)
 
 
-def integration_counts(results: Path) -> tuple[int, int, int]:
-    lines = (results / "integration.txt").read_text().split()
+def outcome_counts(listing: Path) -> tuple[int, int, int]:
+    """PASS/FAIL lines (`PASS name`); a missing or empty listing ran nothing, so it failed."""
+    lines = listing.read_text().split() if listing.exists() else []
     outcomes = lines[0::2]
     return outcomes.count("PASS"), outcomes.count("FAIL") or (0 if outcomes else 1), 0
 
@@ -53,7 +54,8 @@ def main(results: Path) -> int:
     for stage, counts in (
         ("unit", junit_counts(results / "unit.xml")),
         ("sanity", sanity_counts(results)),
-        ("integration", integration_counts(results)),
+        ("integration", outcome_counts(results / "integration.txt")),
+        ("benchmark smoke", outcome_counts(results / "benchmark.txt")),
         ("lab", junit_counts(results / "lab.xml")),
     ):
         passed, failed, skipped = counts

@@ -33,7 +33,9 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     choose_strategy,
 )
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    ABORT_GRACE_S,
     JOB_NONE,
+    POSTCOPY_GRACE_S,
     EngineOptions,
     MigrationError,
     MigrationPlan,
@@ -534,8 +536,12 @@ class _Run:
         if outcome.aborted_by:
             guard = [e for e in self.timeline if e.get("event") == "guard"][-1]
             cause = "aborted by the %s guard: %s" % (outcome.aborted_by, guard["detail"])
+            if outcome.still_running:
+                cause += (", but libvirt had not ended the job %d s after the abort; it may still cancel or "
+                          "finish it: check placement before acting" % ABORT_GRACE_S)
         elif outcome.still_running:
-            cause = "the job did not end within its bounds"
+            cause = ("post-copy did not finish within timeout_s plus %d s; it cannot be aborted and goes on in "
+                     "libvirt" % POSTCOPY_GRACE_S)
         msg = "live migration of domain '%s' from %s to %s failed: %s; the domain %s" % (
             self.name, redact_uri(self.source.uri), redact_uri(self.destination.uri), cause, runs_on,
         )
