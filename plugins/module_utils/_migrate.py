@@ -26,6 +26,7 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
     compaction_params,
     ensure_compacted,
     ensure_restored,
+    parse_compaction_record,
 )
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
     MigrationInputs,
@@ -393,7 +394,10 @@ class _Run:
             )
             outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, failed)
         if outcome.completed:
-            self.finish_success(completed_stats, None, compacted=False)
+            # Memory compacted by the interrupted run is given back: its record travelled with the domain.
+            dest_dom = self.destination.conn.lookupByName(self.name)
+            compacted = parse_compaction_record(dest_dom.XMLDesc(0)) is not None
+            self.finish_success(completed_stats, None, compacted=compacted)
             return self.result
         self.finish_failure(dom, outcome, was_running=False, compacted=False)
         return self.result
