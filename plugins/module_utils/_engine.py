@@ -202,7 +202,7 @@ def engine_options(
 
 
 HOT_LAYER_POSTCOPY = "postcopy"
-HOT_LAYER_THROTTLE = "xbzrle_autoconverge_downtime_ramp"
+HOT_LAYER_THROTTLE = "throttle"
 HOT_LAYER_NONE = "none"
 
 

@@ -273,9 +273,12 @@ strategy:
       description: Why this strategy, from the prediction or the options.
       type: str
     hot_layer:
-      description: What happens once shaking is detected.
+      description:
+        - What happens once shaking is detected. V(postcopy) switches to post-copy. V(throttle) relies on
+          auto-converge, plus, for a predicted hot layer (strategy V(layered)), XBZRLE and the downtime ramp.
+          V(none) does nothing (strategy V(precopy) requested).
       type: str
-      choices: [postcopy, xbzrle_autoconverge_downtime_ramp, none]
+      choices: [postcopy, throttle, none]
     flags:
       description: libvirt migration flags set.
       type: list
