@@ -36,12 +36,14 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     ABORT_GRACE_S,
     JOB_NONE,
+    POLL_S,
     POSTCOPY_GRACE_S,
     EngineOptions,
     MigrationError,
     MigrationPlan,
     MonitorOutcome,
     monitor,
+    parse_job_stats,
     plan_migration,
     summarize_stats,
 )
@@ -73,6 +75,7 @@ ALWAYS_ENFORCED_CHECKS = ("distinct_hosts", "domain_running")
 JOB_STATS_COMPLETED = 1
 EVENT_ID_JOB_COMPLETED = 21  # VIR_DOMAIN_EVENT_ID_JOB_COMPLETED
 MIGRATE_POSTCOPY_RESUME = 524288
+ABORT_JOB_POSTCOPY = 1
 DOMAIN_PAUSED = 3
 PAUSED_POSTCOPY_FAILED = 13
 POSTCOPY_RECOVERY_RETRY_S = 5.0
@@ -157,6 +160,10 @@ class LibvirtMigrationJob:
 
     def abort(self) -> None:
         self.dom.abortJob()
+
+    def abort_postcopy(self) -> None:
+        """Pause a post-copy migration (or its resume): it can be resumed again later."""
+        self.dom.abortJobFlags(ABORT_JOB_POSTCOPY)
 
     def completed_stats(self, wait_s: float) -> t.Optional[t.Dict[str, t.Any]]:
         """The job-completed event's statistics, waiting up to wait_s for the event."""
@@ -437,6 +444,9 @@ class _Run:
         The guest then runs on the destination, paused waiting for pages, and
         the source holds them: neither side can be given up, so the only way
         forward is to reconnect the two and finish (libvirt's post-copy resume).
+        Each attempt that stops making progress for stall_timeout_s is paused
+        again (abort with the post-copy flag: libvirt keeps the migration
+        resumable), so a hung attempt never holds the domain's job lock.
         Returns the outcome and, on success, the job's final statistics.
         """
         bound_s = self.postcopy_recovery_timeout_s
@@ -445,6 +455,9 @@ class _Run:
         deadline = self.clock() + bound_s
         attempt = 0
         outcome = failed
+        # libvirt marks the failure as soon as the destination reports it; the source QEMU needs a
+        # moment more to notice, and a resume before that is refused ("migration is still running").
+        self.sleep(min(POSTCOPY_RECOVERY_RETRY_S, bound_s))
         while self.clock() < deadline:
             state, reason = dom.state()
             if not (state == DOMAIN_PAUSED and reason == PAUSED_POSTCOPY_FAILED):
@@ -456,20 +469,41 @@ class _Run:
             job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
             job.start(plan.flags | MIGRATE_POSTCOPY_RESUME, plan.params)
             try:
-                finished = job.wait(max(deadline - self.clock(), 0.0))
+                finished, why = self.watch_recovery(job, deadline)
                 completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if finished and not job.error() else None
             finally:
                 job.close()
             if finished and job.error() is None:
                 self.event("complete", note="post-copy recovered (attempt %d)" % attempt)
                 return dataclasses.replace(failed, completed=True, error=None), completed_stats
-            error = job.error() if finished else "the recovery did not finish within postcopy_recovery_timeout_s"
+            error = job.error() or why
             self.event("failed", error=error, note="post-copy recovery attempt %d" % attempt)
             outcome = dataclasses.replace(failed, error=error, still_running=not finished)
             if not finished:
                 return outcome, None
             self.sleep(min(POSTCOPY_RECOVERY_RETRY_S, max(deadline - self.clock(), 0.0)))
         return outcome, None
+
+    def watch_recovery(self, job: LibvirtMigrationJob, deadline: float) -> t.Tuple[bool, str]:
+        """Wait for one resume attempt; pause it again when it stalls or the bound passes. (finished, why)."""
+        progress, progress_at = -1.0, self.clock()
+        while not job.wait(POLL_S):
+            sample = parse_job_stats(job.stats(), 0.0)
+            if sample is not None and sample.processed_mib > progress:
+                progress, progress_at = sample.processed_mib, self.clock()
+            now = self.clock()
+            if now < deadline and now - progress_at < self.options.stall_timeout_s:
+                continue
+            why = ("the attempt sent nothing for %s s (stall_timeout_s)" % self.options.stall_timeout_s
+                   if now < deadline else "post-copy recovery did not finish within postcopy_recovery_timeout_s")
+            try:
+                job.abort_postcopy()
+            except LibvirtError as exc:
+                why += "; pausing it again failed: %s" % describe_libvirt_error(exc)
+            else:
+                why += "; the attempt was paused again, the migration stays resumable"
+            return job.wait(ABORT_GRACE_S), why
+        return True, ""
 
     def finish_success(self, completed: t.Optional[t.Dict[str, t.Any]], last_sample: t.Any, compacted: bool) -> None:
         dest_dom = self.destination.conn.lookupByName(self.name)
@@ -537,13 +571,15 @@ class _Run:
         self.result["changed"] = outcome.postcopy_started
         runs_on = _runs_on(where)
         cause = outcome.error or "no error from libvirt"
+        if outcome.error and outcome.still_running:
+            cause += "; libvirt had not ended the job when the module stopped waiting: check placement before acting"
         if outcome.aborted_by:
             guard = [e for e in self.timeline if e.get("event") == "guard"][-1]
             cause = "aborted by the %s guard: %s" % (outcome.aborted_by, guard["detail"])
             if outcome.still_running:
                 cause += (", but libvirt had not ended the job %d s after the abort; it may still cancel or "
                           "finish it: check placement before acting" % ABORT_GRACE_S)
-        elif outcome.still_running:
+        elif outcome.still_running and not outcome.error:
             cause = ("post-copy did not finish within timeout_s plus %d s; it cannot be aborted and goes on in "
                      "libvirt" % POSTCOPY_GRACE_S)
         msg = "live migration of domain '%s' from %s to %s failed: %s; the domain %s" % (
