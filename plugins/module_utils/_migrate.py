@@ -499,7 +499,8 @@ class _Run:
             try:
                 job.abort_postcopy()
             except LibvirtError as exc:
-                why += "; pausing it again failed: %s" % describe_libvirt_error(exc)
+                why += ("; pausing it again failed: %s; the source libvirtd may hold the domain's job until it "
+                        "is restarted" % describe_libvirt_error(exc))
             else:
                 why += "; the attempt was paused again, the migration stays resumable"
             return job.wait(ABORT_GRACE_S), why
