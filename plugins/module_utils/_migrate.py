@@ -476,7 +476,8 @@ class _Run:
             if finished and job.error() is None:
                 self.event("complete", note="post-copy recovered (attempt %d)" % attempt)
                 return dataclasses.replace(failed, completed=True, error=None), completed_stats
-            error = job.error() or why
+            # Why the module gave up on the attempt (if it did), then what libvirt answered.
+            error = "; ".join(text for text in (why, job.error()) if text)
             self.event("failed", error=error, note="post-copy recovery attempt %d" % attempt)
             outcome = dataclasses.replace(failed, error=error, still_running=not finished)
             if not finished:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     plan_migration,
 )
 from ansible_collections.strata.migration.plugins.module_utils._inventory import BalloonFacts, DomainFacts
-from ansible_collections.strata.migration.plugins.module_utils import _migrate
+from ansible_collections.strata.migration.plugins.module_utils import _engine, _migrate
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import ERR_NO_DOMAIN
 from ansible_collections.strata.migration.plugins.module_utils._migrate import (
     LibvirtMigrationJob,
@@ -392,3 +393,105 @@ def test_job_completed_event_that_never_comes_is_waited_for_boundedly():
     job.start(1, {})
     assert job.wait(10) is True
     assert job.completed_stats(0.01) is None
+
+
+# ---- post-copy recovery ----------------------------------------------------------
+
+
+class FakeBrokenPostcopyDomain(FakeMigratingDomain):
+    """Paused on its source after a broken post-copy; each resume attempt follows `attempts`.
+
+    An attempt is an exception to raise at once, "ok", or "hang" (blocks until abortJobFlags).
+    """
+
+    def __init__(self, attempts, state=(3, 13)):
+        super().__init__(stats={"type": 2, "memory_processed": 5 * MIB})
+        self.attempts = list(attempts)
+        self.current_state = state
+        self.unpaused = threading.Event()
+
+    def state(self):
+        return list(self.current_state)
+
+    def migrateToURI3(self, uri, params, flags):
+        self.calls.append(("migrateToURI3", uri, params, flags, threading.current_thread().name))
+        attempt = self.attempts.pop(0)
+        if attempt == "hang":
+            self.unpaused.wait(10)
+            raise FakeLibvirtError("operation failed: migration was paused", 9)
+        if attempt != "ok":
+            raise attempt
+        self.current_state = (5, 3)
+        return 0
+
+    def abortJobFlags(self, flags):
+        self.calls.append(("abortJobFlags", flags))
+        self.unpaused.set()
+
+
+class FakeClient:
+    def __init__(self, uri, conn=None):
+        self.uri, self.conn, self.connect_timeout_s = uri, conn, 5
+
+
+def recovery_run(recovery_timeout_s=60, stall_timeout_s=30):
+    slept = []
+    run = _migrate._Run(
+        FakeClient("qemu+tcp://127.0.0.11/system"), FakeClient(PEER), "web1",
+        engine_options(allow_postcopy=True, stall_timeout_s=stall_timeout_s), None, True,
+        _migrate.CompactionSettings(), None, recovery_timeout_s, time.monotonic, slept.append,
+    )
+    the_plan = plan_migration(engine_options(strategy="postcopy", allow_postcopy=True), None, 256, None)
+    failed = _engine.MonitorOutcome(
+        completed=False, error="broken", aborted_by=None, hint=None, postcopy_started=True,
+        still_running=False, last_sample=None, shaking=[], downtime_ms=300,
+    )
+    return run, the_plan, failed, slept
+
+
+def recovery_events(run):
+    return [(e["event"], e.get("attempt")) for e in run.timeline]
+
+
+def test_recovery_waits_then_retries_a_refused_resume_until_it_completes():
+    dom = FakeBrokenPostcopyDomain([FakeLibvirtError("QEMU reports migration is still running", 55), "ok"])
+    run, the_plan, failed, slept = recovery_run()
+    outcome, _stats = run.recover_postcopy(dom, dom, the_plan, failed)
+    assert outcome.completed and outcome.error is None
+    resumes = [c for c in dom.calls if c[0] == "migrateToURI3"]
+    assert len(resumes) == 2
+    assert all(c[3] == the_plan.flags | _migrate.MIGRATE_POSTCOPY_RESUME for c in resumes)
+    # A first wait for the source to notice the break, then one between the attempts.
+    assert slept == [_migrate.POSTCOPY_RECOVERY_RETRY_S, _migrate.POSTCOPY_RECOVERY_RETRY_S]
+    assert recovery_events(run) == [
+        ("postcopy_recovery", 1), ("failed", None), ("postcopy_recovery", 2), ("complete", None)
+    ]
+
+
+def test_a_stalled_resume_is_paused_again_and_the_failure_says_so():
+    dom = FakeBrokenPostcopyDomain(["hang"])
+    run, the_plan, failed, _slept = recovery_run(recovery_timeout_s=60, stall_timeout_s=1)
+    dom.attempts.append("ok")  # the next attempt, after the pause, completes
+    outcome, _stats = run.recover_postcopy(dom, dom, the_plan, failed)
+    assert ("abortJobFlags", _migrate.ABORT_JOB_POSTCOPY) in dom.calls
+    failures = [e for e in run.timeline if e["event"] == "failed"]
+    assert "sent nothing for 1 s" in failures[0]["error"]
+    assert "paused again" in failures[0]["error"]
+    assert outcome.completed
+
+
+def test_no_recovery_when_its_bound_is_zero():
+    dom = FakeBrokenPostcopyDomain(["ok"])
+    run, the_plan, failed, slept = recovery_run(recovery_timeout_s=0)
+    outcome, stats = run.recover_postcopy(dom, dom, the_plan, failed)
+    assert outcome is failed and stats is None
+    assert dom.calls == [] and slept == []
+
+
+def test_no_resume_when_the_source_is_not_waiting_for_one():
+    dom = FakeBrokenPostcopyDomain(["ok"], state=(1, 1))
+    run, the_plan, failed, _slept = recovery_run()
+    outcome, _stats = run.recover_postcopy(dom, dom, the_plan, failed)
+    assert not outcome.completed
+    assert [c for c in dom.calls if c[0] == "migrateToURI3"] == []
+    assert run.timeline[-1]["note"] == "the source is not waiting for recovery"
