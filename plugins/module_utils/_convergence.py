@@ -52,6 +52,8 @@ import typing as t
 
 STRATEGIES = ("precopy", "postcopy", "layered")
 DEFAULT_MAX_ROUNDS = 30
+# QEMU's own default downtime limit; every module offering max_downtime_ms defaults to it.
+DEFAULT_MAX_DOWNTIME_MS = 300
 # libvirt measures dirty rates over whole seconds; 1 s is the shortest window.
 DEFAULT_DIRTY_RATE_WINDOW_S = 1.0
 # Before the first page moves and after the last: the destination QEMU starts, the

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction
+from ansible_collections.strata.migration.plugins.module_utils._convergence import DEFAULT_MAX_DOWNTIME_MS, Prediction
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
 
 # virDomainMigrateFlags (numeric, so this module imports without libvirt).
@@ -68,7 +68,6 @@ MIB = 1024 * 1024
 STRATEGY_CHOICES = ("auto", "precopy", "layered", "postcopy")
 COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
 
-DEFAULT_MAX_DOWNTIME_MS = 300
 DEFAULT_TIMEOUT_S = 600
 DEFAULT_STALL_TIMEOUT_S = 30
 DEFAULT_MAX_TRANSFER_RATIO = 8.0

@@ -42,6 +42,7 @@ import math
 import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    DEFAULT_MAX_DOWNTIME_MS,
     MigrationInputs,
     choose_strategy,
 )
@@ -52,7 +53,6 @@ DEFAULT_SPREAD_THRESHOLD_PERCENT = 10.0
 DEFAULT_MAX_PARALLEL_PER_HOST = 1
 DEFAULT_MAX_PARALLEL_TOTAL = 2
 DEFAULT_BANDWIDTH_MIBPS = 1000.0
-DEFAULT_MAX_DOWNTIME_MS = 300.0
 # Rebalance looks at this many of the least loaded hosts that can take a VM: the
 # best move almost always lands on one of them, and it keeps planning linear.
 TARGET_CANDIDATES = 4

@@ -23,6 +23,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    DEFAULT_MAX_DOWNTIME_MS,
     MemoryEstimate,
     MigrationInputs,
     choose_strategy,
@@ -87,7 +88,6 @@ LIST_INTERFACES_ACTIVE = 2
 
 # Bandwidth assumed for the prediction when bandwidth_mibps is 0: a 10 Gbit/s link.
 DEFAULT_PREDICTION_BANDWIDTH_MIBPS = 1192
-DEFAULT_MAX_DOWNTIME_MS = 300
 
 _ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "pmsuspended")
 # Disk source types libvirt cannot create on the destination for a storage copy.
