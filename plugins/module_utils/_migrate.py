@@ -28,11 +28,7 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
     ensure_restored,
     parse_compaction_record,
 )
-from ansible_collections.strata.migration.plugins.module_utils._convergence import (
-    MigrationInputs,
-    Prediction,
-    choose_strategy,
-)
+from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction, choose_strategy
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     ABORT_GRACE_S,
     JOB_NONE,
@@ -61,13 +57,13 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     redact_uri,
 )
 from ansible_collections.strata.migration.plugins.module_utils._preflight import (
-    DEFAULT_PREDICTION_BANDWIDTH_MIBPS,
     PreflightData,
     PreflightOptions,
     PreflightReport,
     evaluate,
     gather_preflight,
     memory_to_send,
+    prediction_inputs,
 )
 
 # Checks that hold even with preflight=false: without them libvirt would be asked something absurd.
@@ -197,14 +193,8 @@ def _prediction_for(
     """
     if dirty_rate_mibps is None:
         return None, None, None
-    bandwidth = options.bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS
-    inputs = MigrationInputs(
-        memory_mib=memory_mib,
-        dirty_rate_mibps=dirty_rate_mibps,
-        bandwidth_mibps=bandwidth,
-        max_downtime_ms=options.max_downtime_ms,
-        zero_page_mib=max(domain.memory_max_mib - memory_mib, 0),
-    )
+    inputs = prediction_inputs(domain.memory_max_mib, memory_mib, dirty_rate_mibps, options.bandwidth_mibps,
+                               options.max_downtime_ms)
     chosen, candidates = choose_strategy(inputs, options.allow_postcopy)
     if options.strategy != "auto":
         # Layered without post-copy never switches: the model's layered course does not apply.

@@ -860,31 +860,44 @@ _CHECKS: t.Tuple[t.Callable[[PreflightData, PreflightOptions], Finding], ...] = 
 _CHECKS_WITHOUT_DOMAIN = (check_maintenance, check_distinct_hosts, check_domain_running, check_name_collision)
 
 
+def prediction_inputs(
+    memory_max_mib: float,
+    memory_mib: float,
+    dirty_rate_mibps: float,
+    bandwidth_mibps: float,
+    max_downtime_ms: float,
+) -> MigrationInputs:
+    """The models' inputs for a domain.
+
+    The rest of the guest's RAM is free in the guest or ballooned out: counted
+    as zero pages. An uncapped migration (bandwidth 0) is predicted at
+    DEFAULT_PREDICTION_BANDWIDTH_MIBPS.
+    """
+    return MigrationInputs(
+        memory_mib=memory_mib,
+        dirty_rate_mibps=dirty_rate_mibps,
+        bandwidth_mibps=bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS,
+        max_downtime_ms=max_downtime_ms,
+        zero_page_mib=max(memory_max_mib - memory_mib, 0),
+    )
+
+
 def predict(data: PreflightData, options: PreflightOptions) -> t.Optional[t.Dict[str, t.Any]]:
     """The pre-copy model's prediction from the measured dirty rate, or None without one."""
     if data.domain is None or data.dirty_rate_mibps is None:
         return None
     memory = memory_to_send(data.domain, options.qemu_overhead_mib)
-    memory_mib = memory.memory_mib
-    # The rest of the guest's RAM is free in the guest or ballooned out: counted as zero pages.
-    zero_page_mib = max(data.domain.memory_max_mib - memory_mib, 0)
-    bandwidth = options.bandwidth_mibps or DEFAULT_PREDICTION_BANDWIDTH_MIBPS
-    inputs = MigrationInputs(
-        memory_mib=memory_mib,
-        dirty_rate_mibps=data.dirty_rate_mibps,
-        bandwidth_mibps=bandwidth,
-        max_downtime_ms=options.max_downtime_ms,
-        zero_page_mib=zero_page_mib,
-    )
+    inputs = prediction_inputs(data.domain.memory_max_mib, memory.memory_mib, data.dirty_rate_mibps,
+                               options.bandwidth_mibps, options.max_downtime_ms)
     chosen, candidates = choose_strategy(inputs, options.allow_postcopy)
     prediction = chosen.to_dict()
     prediction["candidates"] = [candidate.to_dict() for candidate in candidates]
     prediction["inputs"] = {
-        "memory_mib": memory_mib,
+        "memory_mib": inputs.memory_mib,
         "memory_estimate": memory.to_dict(),
-        "zero_page_mib": zero_page_mib,
+        "zero_page_mib": inputs.zero_page_mib,
         "dirty_rate_mibps": data.dirty_rate_mibps,
-        "bandwidth_mibps": bandwidth,
+        "bandwidth_mibps": inputs.bandwidth_mibps,
         "bandwidth_assumed": not options.bandwidth_mibps,
         "max_downtime_ms": options.max_downtime_ms,
         "allow_postcopy": options.allow_postcopy,
