@@ -31,7 +31,6 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
 from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction, choose_strategy
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     ABORT_GRACE_S,
-    JOB_NONE,
     POLL_S,
     POSTCOPY_GRACE_S,
     EngineOptions,
@@ -343,7 +342,6 @@ class _Run:
         if domain is None:  # evaluate() fails domain_running then; kept for the type checker
             raise self.fail("domain '%s' is not defined on the source" % self.name)
         dom = self.source.conn.lookupByName(self.name)
-        self.refuse_running_job(dom)
         estimate = memory_to_send(domain, self.preflight_options.qemu_overhead_mib)
         self.event(
             "layer", layer=0, action="measure", dirty_rate_mibps=data.dirty_rate_mibps,
@@ -398,15 +396,6 @@ class _Run:
             return self.result
         self.finish_failure(dom, outcome, was_running=False, compacted=False)
         return self.result
-
-    def refuse_running_job(self, dom: t.Any) -> None:
-        stats = dom.jobStats(0)
-        if stats and stats.get("type", JOB_NONE) != JOB_NONE:
-            raise self.fail(
-                "domain '%s' on %s already has a job running (%s ms so far); it was left alone and nothing was "
-                "changed; wait for it to end, or end it yourself (virsh domjobabort %s)"
-                % (self.name, redact_uri(self.source.uri), stats.get("time_elapsed", "?"), self.name),
-            )
 
     def migrate(self, dom: t.Any, plan: MigrationPlan, precopy_converges: t.Optional[bool], compacted: bool) -> None:
         was_running = dom.state()[0] == DOMAIN_RUNNING
