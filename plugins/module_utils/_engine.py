@@ -515,6 +515,23 @@ class MonitorOutcome:
     downtime_ms: int
 
 
+class Timeline:
+    """The events of one task, in order, each with `t_s` (seconds since `started`) and `event` (its name)."""
+
+    def __init__(self, clock: t.Callable[[], float], started: t.Optional[float] = None) -> None:
+        self.clock = clock
+        self.started = clock() if started is None else started
+        self.events: t.List[t.Dict[str, t.Any]] = []
+
+    def now(self) -> float:
+        return round(self.clock() - self.started, 3)
+
+    def add(self, name: str, **fields: t.Any) -> None:
+        entry: t.Dict[str, t.Any] = {"t_s": self.now(), "event": name}
+        entry.update(fields)
+        self.events.append(entry)
+
+
 class _Monitor:
     def __init__(
         self,
@@ -522,16 +539,14 @@ class _Monitor:
         plan: MigrationPlan,
         options: EngineOptions,
         predicted_to_converge: t.Optional[bool],
-        timeline: t.List[t.Dict[str, t.Any]],
-        clock: t.Callable[[], float],
-        started: float,
+        timeline: Timeline,
     ) -> None:
         self.job = job
         self.plan = plan
         self.options = options
-        self.timeline = timeline
-        self.clock = clock
-        self.started = started
+        self.clock = timeline.clock
+        self.now = timeline.now
+        self.event = timeline.add
         self.detector = ShakingDetector(options.shaking_iterations, predicted_to_converge)
         self.step = 0
         self.iteration = 0
@@ -543,20 +558,11 @@ class _Monitor:
         self.downtime_applied = False
         self.ramping = False
         self.rules_seen: t.Set[str] = set()
-        self.job_started = started
-
-    def now(self) -> float:
-        """Seconds on the timeline (since `started`)."""
-        return round(self.clock() - self.started, 3)
+        self.job_started = timeline.clock()
 
     def job_s(self) -> float:
         """Seconds since the migration job started: what timeout_s bounds."""
         return self.clock() - self.job_started
-
-    def event(self, name: str, **fields: t.Any) -> None:
-        entry: t.Dict[str, t.Any] = {"t_s": self.now(), "event": name}
-        entry.update(fields)
-        self.timeline.append(entry)
 
     @property
     def downtime_ms(self) -> int:
@@ -669,21 +675,18 @@ def monitor(
     plan: MigrationPlan,
     options: EngineOptions,
     predicted_to_converge: t.Optional[bool],
-    timeline: t.List[t.Dict[str, t.Any]],
-    clock: t.Callable[[], float],
-    started: float,
+    timeline: Timeline,
 ) -> MonitorOutcome:
-    """Start the job and watch it until it ends, applying the layers and the guards.
+    """Start the job and watch it until it ends, applying the layers and the guards; events go to `timeline`.
 
-    `started` is the clock reading the timeline counts from. Every wait is
-    bounded: the loop ends with the job, with an abort by a guard (plus
+    Every wait is bounded: the loop ends with the job, with an abort by a guard (plus
     ABORT_GRACE_S for the job to wind down), or, once post-copy runs (it
     cannot be aborted), POSTCOPY_GRACE_S after timeout_s.
     """
-    state = _Monitor(job, plan, options, predicted_to_converge, timeline, clock, started)
+    state = _Monitor(job, plan, options, predicted_to_converge, timeline)
     state.progress_at = state.now()
     state.event("layer", layer=2, action="precopy", flags=plan.flag_names, params=_shown_params(plan.params))
-    state.job_started = clock()
+    state.job_started = timeline.clock()
     job.start(plan.flags, plan.params)
     aborted_by = hint = None
     finished = False

@@ -37,6 +37,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     MigrationError,
     MigrationPlan,
     MonitorOutcome,
+    Timeline,
     monitor,
     parse_job_stats,
     plan_migration,
@@ -264,14 +265,14 @@ class _Run:
         self.peer_uri = peer_uri or destination.uri
         self.clock = clock
         self.sleep = sleep
-        self.started = clock()
-        self.timeline: t.List[t.Dict[str, t.Any]] = []
+        self.timeline = Timeline(clock)
+        self.event = self.timeline.add
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
             "already_migrated": False,
             "strategy": None,
-            "timeline": self.timeline,
+            "timeline": self.timeline.events,
             "stats": None,
             "compaction": None,
             "restore": None,
@@ -279,11 +280,6 @@ class _Run:
             "preflight": None,
             "placement": None,
         }
-
-    def event(self, name: str, **fields: t.Any) -> None:
-        entry: t.Dict[str, t.Any] = {"t_s": round(self.clock() - self.started, 3), "event": name}
-        entry.update(fields)
-        self.timeline.append(entry)
 
     def fail(self, msg: str, **details: t.Any) -> MigrationError:
         self.result.update(details)
@@ -403,7 +399,7 @@ class _Run:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
             try:
-                outcome = monitor(job, plan, self.options, precopy_converges, self.timeline, self.clock, self.started)
+                outcome = monitor(job, plan, self.options, precopy_converges, self.timeline)
                 completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if outcome.completed else None
                 if not outcome.completed and outcome.postcopy_started and not outcome.still_running:
                     outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, outcome)
@@ -555,7 +551,7 @@ class _Run:
         if outcome.error and outcome.still_running:
             cause += "; libvirt had not ended the job when the module stopped waiting: check placement before acting"
         if outcome.aborted_by:
-            guard = [e for e in self.timeline if e.get("event") == "guard"][-1]
+            guard = [e for e in self.timeline.events if e.get("event") == "guard"][-1]
             cause = "aborted by the %s guard: %s" % (outcome.aborted_by, guard["detail"])
             if outcome.still_running:
                 cause += (", but libvirt had not ended the job %d s after the abort; it may still cancel or "

@@ -37,6 +37,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     IterationRecord,
     JobSample,
     MigrationError,
+    Timeline,
     ShakingDetector,
     downtime_steps,
     engine_options,
@@ -672,9 +673,9 @@ class ScriptedJob:
 
 
 def run_monitor(job, clock, plan, options, predicted=None, started=None):
-    timeline = []
-    outcome = monitor(job, plan, options, predicted, timeline, clock, clock.now if started is None else started)
-    return outcome, timeline
+    timeline = Timeline(clock, clock.now if started is None else started)
+    outcome = monitor(job, plan, options, predicted, timeline)
+    return outcome, timeline.events
 
 
 def events(timeline, name=None):

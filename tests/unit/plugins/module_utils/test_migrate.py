@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import MigrationInputs, choose_strategy
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    Timeline,
     engine_options,
     monitor,
     plan_migration,
@@ -331,21 +332,19 @@ def test_monitor_drives_the_libvirt_job():
     options = engine_options(strategy="precopy")
     the_plan = plan_migration(options, None, 256, None)
     dom = FakeMigratingDomain()
-    timeline = []
-    clock = FakeClock()
-    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, timeline, clock, clock.now)
+    timeline = Timeline(FakeClock())
+    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, timeline)
     assert outcome.completed is True
     assert outcome.error is None
     assert dom.calls[0][:4] == ("migrateToURI3", PEER, {}, the_plan.flags)
-    assert timeline[-1]["event"] == "complete"
+    assert timeline.events[-1]["event"] == "complete"
 
 
 def test_monitor_reports_the_libvirt_failure():
     options = engine_options(strategy="precopy")
     the_plan = plan_migration(options, None, 256, None)
     dom = FakeMigratingDomain(migrate_error=FakeLibvirtError("unable to connect to server", 38))
-    clock = FakeClock()
-    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, [], clock, clock.now)
+    outcome = monitor(LibvirtMigrationJob(dom, dom, PEER), the_plan, options, None, Timeline(FakeClock()))
     assert outcome.completed is False
     assert outcome.error.startswith("unable to connect to server")
     assert outcome.aborted_by is None
@@ -450,7 +449,7 @@ def recovery_run(recovery_timeout_s=60, stall_timeout_s=30):
 
 
 def recovery_events(run):
-    return [(e["event"], e.get("attempt")) for e in run.timeline]
+    return [(e["event"], e.get("attempt")) for e in run.timeline.events]
 
 
 def test_recovery_waits_then_retries_a_refused_resume_until_it_completes():
@@ -474,7 +473,7 @@ def test_a_stalled_resume_is_paused_again_and_the_failure_says_so():
     dom.attempts.append("ok")  # the next attempt, after the pause, completes
     outcome, _stats = run.recover_postcopy(dom, dom, the_plan, failed)
     assert ("abortJobFlags", _migrate.ABORT_JOB_POSTCOPY) in dom.calls
-    failures = [e for e in run.timeline if e["event"] == "failed"]
+    failures = [e for e in run.timeline.events if e["event"] == "failed"]
     assert "sent nothing for 1 s" in failures[0]["error"]
     assert "paused again" in failures[0]["error"]
     assert outcome.completed
@@ -494,4 +493,4 @@ def test_no_resume_when_the_source_is_not_waiting_for_one():
     outcome, _stats = run.recover_postcopy(dom, dom, the_plan, failed)
     assert not outcome.completed
     assert [c for c in dom.calls if c[0] == "migrateToURI3"] == []
-    assert run.timeline[-1]["note"] == "the source is not waiting for recovery"
+    assert run.timeline.events[-1]["note"] == "the source is not waiting for recovery"
