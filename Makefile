@@ -12,8 +12,14 @@ export ANSIBLE_FORCE_COLOR ?= 0
 
 .PHONY: demo demo-guests test venv stage lab-up lab-down clean bench
 
+# The main job: a maintenance window on hv1 of the lab. Each run records its own manifest and
+# reports under $(LAB_DIR)/demo/.
 demo: venv stage demo-guests
-	$(VENV)/bin/ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo_lab.yml
+	@run=$(LAB_DIR)/demo/window-$$(date +%Y%m%d-%H%M%S); mkdir -p $(LAB_DIR)/demo && \
+	$(VENV)/bin/ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo_lab.yml \
+	  -e maintenance_window_manifest_path=$$run-manifest.json \
+	  -e maintenance_window_report_json=$$run-report.json -e maintenance_window_report_junit=$$run-junit.xml && \
+	echo "Manifest and reports: $$run-*"
 	@echo "The lab is still up. Explore it with: $(LAB) status    Bring it down with: $(LAB) down"
 
 test: venv
@@ -45,12 +51,16 @@ lab-down:
 clean:
 	rm -rf .build tests/output
 
-# A few guests with different memory behaviour for the demo; kept (and started) when they exist.
-DEMO_GUESTS := demo-idle:hv1:256:idle demo-stale:hv1:512:stale:300 demo-hot:hv2:256:hot:128:32:2000 demo-small:hv3:128:idle
+# Guests with different memory behaviour for the demo (name:host:MiB:anti-affinity group:workload);
+# kept (and started) when they exist. hv1 holds four of them; demo-web1 may not join demo-web2.
+DEMO_GUESTS := demo-idle:hv1:256:-:idle demo-stale:hv1:512:-:stale:300 demo-hot:hv1:256:-:hot:128:32:2000 \
+  demo-web1:hv1:128:web:idle demo-web2:hv2:128:web:idle demo-small:hv3:128:-:idle
 demo-guests: lab-up
 	@for spec in $(DEMO_GUESTS); do \
-	  IFS=: read -r name host mem workload <<< "$$spec"; \
-	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" --reuse >/dev/null || exit 1; \
+	  IFS=: read -r name host mem group workload <<< "$$spec"; \
+	  affinity=(); [ "$$group" = - ] || affinity=(--anti-affinity "$$group"); \
+	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" "$${affinity[@]}" \
+	    --reuse >/dev/null || exit 1; \
 	done
 
 # The engine against plain libvirt migration (benchmarks/results/live_migrate.*); the benchmark

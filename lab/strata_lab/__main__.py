@@ -4,6 +4,7 @@
     strata-lab up [--hosts 3]              start the hosts (idempotent), write the inventory
     strata-lab status                      hosts, their URIs and guests
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
+                                           [--anti-affinity GROUP] [--pinned REASON]
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
@@ -186,6 +187,8 @@ def cmd_guest(args: argparse.Namespace) -> None:
             disk_mib=args.disk_mib,
             disk_pool=args.disk_pool,
             cpu_model=args.cpu_model,
+            anti_affinity_group=args.anti_affinity,
+            pinned_reason=args.pinned,
         )
         print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
     elif args.guest_command == "delete":
@@ -227,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--disk-pool", choices=("local", "shared"), default="local", help="local: this host only; shared: every host"
     )
     create.add_argument("--cpu-model", default="qemu64", help="guest CPU model (TCG); the legacy host lacks Westmere")
+    create.add_argument(
+        "--anti-affinity", metavar="GROUP", help="anti-affinity group, in the domain metadata strata.migration reads"
+    )
+    create.add_argument(
+        "--pinned", metavar="REASON", help="pin the guest to its host (the reason), in the domain metadata"
+    )
     create.add_argument("--no-wait", action="store_true", help="do not wait for the guest's userspace")
     create.add_argument("--timeout-s", type=float, default=90)
     create.add_argument(

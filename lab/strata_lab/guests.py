@@ -13,6 +13,8 @@ from .hosts import define_from_xml, virsh
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
 READY_MARKER = "STRATA-READY name={name} "
+# The collection's placement hints (plugins/module_utils/_cluster.py, METADATA_NAMESPACE).
+MIGRATION_METADATA_NAMESPACE = "https://strata-migration.github.io/xmlns/migration/1"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class GuestSpec:
     disk_mib: int = 0
     disk_pool: str = "local"
     cpu_model: str = "qemu64"
+    anti_affinity_group: str | None = None
+    pinned_reason: str | None = None
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -43,6 +47,12 @@ class GuestSpec:
             raise LabError(f"guest {self.name}: disk pool must be 'local' or 'shared', not {self.disk_pool!r}")
         if not _NAME_RE.match(self.cpu_model):
             raise LabError(f"guest {self.name}: CPU model {self.cpu_model!r} is not a plain name")
+        if self.anti_affinity_group is not None and not _NAME_RE.match(self.anti_affinity_group):
+            raise LabError(f"guest {self.name}: anti-affinity group {self.anti_affinity_group!r} is not a plain name")
+        if self.pinned_reason is not None and not (
+            self.pinned_reason.strip() and self.pinned_reason.isprintable() and len(self.pinned_reason) <= 200
+        ):
+            raise LabError(f"guest {self.name}: pinned reason {self.pinned_reason!r} must be 1-200 printable characters")
 
 
 def console_path(state: LabState, name: str) -> Path:
@@ -74,6 +84,7 @@ def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) 
     console = quoteattr(str(console_path(state, guest.name)))
     return f"""<domain type='{state.domain_type}'>
   <name>{escape(guest.name)}</name>
+  {migration_metadata(guest)}
   <memory unit='MiB'>{guest.memory_mib}</memory>
   <currentMemory unit='MiB'>{guest.memory_mib}</currentMemory>
   <vcpu>{guest.vcpus}</vcpu>
@@ -104,6 +115,20 @@ def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) 
   </devices>
 </domain>
 """
+
+
+def migration_metadata(guest: GuestSpec) -> str:
+    """The <metadata> with the guest's placement hints, or nothing; defined with the guest, so it is
+    in the persistent definition and in the running domain alike."""
+    hints = ""
+    if guest.anti_affinity_group:
+        hints += f"<strata:anti_affinity group={quoteattr(guest.anti_affinity_group)}/>"
+    if guest.pinned_reason:
+        hints += f"<strata:pinned reason={quoteattr(guest.pinned_reason)}/>"
+    if not hints:
+        return ""
+    namespace = quoteattr(MIGRATION_METADATA_NAMESPACE)
+    return f"<metadata><strata:migration xmlns:strata={namespace}>{hints}</strata:migration></metadata>"
 
 
 def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool = True, timeout_s: float = 90) -> dict:

@@ -35,6 +35,7 @@ runs on the destination), so the guards only report once it started.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import DEFAULT_MAX_DOWNTIME_MS, Prediction
@@ -92,6 +93,10 @@ POLL_S = 0.2
 ABORT_GRACE_S = 30.0
 # Post-copy cannot be aborted; past timeout_s the loop waits this much longer for it.
 POSTCOPY_GRACE_S = 120.0
+# Phases of the progress record, in the order a task meets them (failed can follow any of them).
+PROGRESS_PHASES = ("preparing", "migrating", "postcopy", "verifying", "done", "failed")
+# Within a phase the progress record is handed on at most this often: a watcher polls every few seconds.
+PROGRESS_INTERVAL_S = 1.0
 
 
 class MigrationError(StrataError):
@@ -532,6 +537,102 @@ class Timeline:
         self.events.append(entry)
 
 
+ProgressHook = t.Callable[[str, t.Optional[JobSample]], None]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def progress_figures(sample: t.Optional[JobSample]) -> t.Dict[str, t.Any]:
+    """percent, remaining_mib, transferred_mib and pass of a job reading; each None when the reading lacks it.
+
+    percent is the share of guest memory not left to send, (total - remaining) / total, within 0..100:
+    it reaches 100 as the job completes, whatever zero pages and resent pages do to the bytes sent.
+    """
+    if sample is None:
+        return {"percent": None, "remaining_mib": None, "transferred_mib": None, "pass": None}
+    percent = None
+    if sample.total_mib > 0:
+        percent = round(min(max(100.0 * (sample.total_mib - sample.remaining_mib) / sample.total_mib, 0.0), 100.0), 1)
+    return {
+        "percent": percent,
+        "remaining_mib": round(sample.remaining_mib, 1),
+        "transferred_mib": round(sample.processed_mib, 1),
+        "pass": sample.iteration or None,
+    }
+
+
+def completed_figures(stats: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The progress figures of a completed job, from summarize_stats(): nothing remains."""
+    transferred = stats.get("transferred_mib")
+    return {
+        "percent": 100.0,
+        "remaining_mib": 0.0,
+        "transferred_mib": transferred,
+        "pass": stats.get("iterations"),
+    }
+
+
+class ProgressReporter:
+    """The progress record of one task, handed to `sink` at each phase change and at most every `interval_s` within one.
+
+    A record: domain, phase (one of PROGRESS_PHASES), the figures of the last
+    job reading (progress_figures), elapsed_s since the timeline started and
+    `updated`, the UTC time as ISO 8601. Without a sink nothing happens.
+    Progress is advisory: an error of the sink is ignored.
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        sink: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Any]],
+        timeline: Timeline,
+        interval_s: float = PROGRESS_INTERVAL_S,
+        utcnow: t.Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self.domain = domain
+        self.sink = sink
+        self.timeline = timeline
+        self.interval_s = interval_s
+        self.utcnow = utcnow
+        self.phase: t.Optional[str] = None
+        self.figures = progress_figures(None)
+        self.handed_at: t.Optional[float] = None
+
+    def __call__(self, phase: str, sample: t.Optional[JobSample] = None) -> None:
+        """A ProgressHook: the task is in `phase`, and `sample` (when not None) is the job's latest reading."""
+        if sample is not None:
+            self.figures = progress_figures(sample)
+        self.report(phase)
+
+    def report(self, phase: str, figures: t.Optional[t.Mapping[str, t.Any]] = None) -> None:
+        """Hand the record on now if the phase changed, else if `interval_s` passed since the last one."""
+        if phase not in PROGRESS_PHASES:
+            raise ValueError("unknown progress phase %r" % phase)
+        if figures is not None:
+            self.figures = dict(figures)
+        if self.sink is None:
+            return
+        now = self.timeline.clock()
+        if phase == self.phase and self.handed_at is not None and now - self.handed_at < self.interval_s:
+            return
+        self.phase, self.handed_at = phase, now
+        record: t.Dict[str, t.Any] = {"domain": self.domain, "phase": phase}
+        record.update(self.figures)
+        record["elapsed_s"] = round(now - self.timeline.started, 1)
+        record["updated"] = self.utcnow().astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self.sink(record)
+        except Exception:  # progress is advisory: it never ends a migration
+            pass
+
+    @property
+    def started(self) -> bool:
+        """Whether a record was handed on."""
+        return self.handed_at is not None
+
+
 class _Monitor:
     def __init__(
         self,
@@ -676,17 +777,24 @@ def monitor(
     options: EngineOptions,
     predicted_to_converge: t.Optional[bool],
     timeline: Timeline,
+    on_progress: t.Optional[ProgressHook] = None,
 ) -> MonitorOutcome:
     """Start the job and watch it until it ends, applying the layers and the guards; events go to `timeline`.
 
     Every wait is bounded: the loop ends with the job, with an abort by a guard (plus
     ABORT_GRACE_S for the job to wind down), or, once post-copy runs (it
     cannot be aborted), POSTCOPY_GRACE_S after timeout_s.
+
+    on_progress: called with phase "migrating" as the job starts, then at
+    every poll while it runs with "migrating" or, after the switch,
+    "postcopy", and the poll's reading (None when there was none).
     """
     state = _Monitor(job, plan, options, predicted_to_converge, timeline)
     state.progress_at = state.now()
     state.event("layer", layer=2, action="precopy", flags=plan.flag_names, params=_shown_params(plan.params))
     state.job_started = timeline.clock()
+    if on_progress is not None:
+        on_progress("migrating", None)
     job.start(plan.flags, plan.params)
     aborted_by = hint = None
     finished = False
@@ -697,6 +805,8 @@ def monitor(
             state.on_sample(sample)
         if finished:
             break
+        if on_progress is not None:
+            on_progress("postcopy" if state.postcopy_started else "migrating", sample)
         if state.postcopy_started:
             if state.job_s() >= options.timeout_s + POSTCOPY_GRACE_S:
                 state.event("guard", guard="postcopy_timeout", detail=(

@@ -68,7 +68,9 @@ class Move:
 
     `figures` holds the measured figures of the migration (`total_ms`,
     `downtime_ms`, `transferred_mib`, ...); `attempt` counts how many times the
-    move was started.
+    move was started. `job_id` is the async job of the latest attempt, so that a
+    rerun can wait for a migration an interrupted run left going; it stays once
+    the move ends, for the record.
     """
 
     vm: str
@@ -82,6 +84,7 @@ class Move:
     strategy: t.Optional[str] = None
     figures: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
     attempt: int = 0
+    job_id: t.Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _check_move(move: Move) -> Move:
         raise ManifestError("The figures of the move of VM %r must be a mapping." % move.vm, vm=move.vm)
     if isinstance(move.attempt, bool) or not isinstance(move.attempt, int) or move.attempt < 0:
         raise ManifestError("The attempt count of the move of VM %r must be a whole number." % move.vm, vm=move.vm)
-    for name in ("started_at", "ended_at", "result", "strategy"):
+    for name in ("started_at", "ended_at", "result", "strategy", "job_id"):
         value = getattr(move, name)
         if value is not None and not isinstance(value, str):
             raise ManifestError("The %s of the move of VM %r must be a string or null." % (name, move.vm), vm=move.vm)
@@ -226,12 +229,20 @@ def load_manifest(
     cannot be read or understood is never replaced silently: it raises
     `ManifestError`, naming the file and what to do.
     """
+    manifest = read_manifest(path)
+    if manifest is None:
+        return new_manifest(workflow, clock=clock, run_id=run_id)
+    return manifest
+
+
+def read_manifest(path: str) -> t.Optional[Manifest]:
+    """Return the manifest at `path`, or None when there is no file; see `load_manifest`."""
     try:
         with open(path, "r", encoding="utf-8") as stream:
             text = stream.read()
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            return new_manifest(workflow, clock=clock, run_id=run_id)
+            return None
         raise ManifestError(
             "Cannot read the manifest %s: %s. Fix its permissions, or pass another manifest path." % (path, exc.strerror),
             path=path,
@@ -260,14 +271,21 @@ def save_manifest(path: str, manifest: Manifest) -> None:
     The data goes to a temporary file in the same directory, is flushed to
     disk, then replaces the old file in one rename, so a run killed at any
     point leaves either the old manifest or the new one, never a truncated one.
+    The directory must exist: a mistyped path fails instead of starting a
+    record nobody would find.
     """
     for move in manifest.moves:
         _check_move(move)
     text = json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=True) + "\n"
     directory = os.path.dirname(os.path.abspath(path))
     temp_path = None
+    if not os.path.exists(directory):
+        raise ManifestError(
+            "Cannot write the manifest %s: its directory %s does not exist. Create the directory first, or pass "
+            "another manifest path." % (path, directory),
+            path=path,
+        )
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         # mkstemp creates the file with mode 0600.
         handle, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
@@ -417,9 +435,10 @@ def mark_running(
     vm: str,
     uuid: t.Optional[str] = None,
     strategy: t.Optional[str] = None,
+    job_id: t.Optional[str] = None,
     clock: Clock = utc_now,
 ) -> Manifest:
-    """Mark the planned move of `vm` as started: one more attempt, started now."""
+    """Mark the planned move of `vm` as started: one more attempt, started now, with its job (if known)."""
     moves = manifest.moves
     index = _latest_index(moves, vm, uuid)
     attempt = moves[index].attempt + 1 if index is not None else 0
@@ -427,10 +446,47 @@ def mark_running(
     if strategy is not None:
         changes["strategy"] = strategy
     now = clock()
+    # job_id is set even when None: a job of an earlier attempt is not this attempt's.
     return _update_latest(
         manifest, vm, uuid, (PLANNED,), RUNNING, now,
-        started_at=now, ended_at=None, result=None, attempt=attempt, **changes
+        started_at=now, ended_at=None, result=None, attempt=attempt, job_id=job_id, **changes
     )
+
+
+def set_job_id(
+    manifest: Manifest,
+    vm: str,
+    job_id: str,
+    uuid: t.Optional[str] = None,
+    clock: Clock = utc_now,
+) -> Manifest:
+    """Record the async job of the running move of `vm` (the job starts after the move is marked running).
+
+    Setting the job it already has changes nothing. Another job is refused:
+    the one recorded may still be migrating the VM.
+    """
+    moves = list(manifest.moves)
+    index = _latest_index(moves, vm, uuid)
+    if index is None:
+        raise ManifestError("The manifest has no move of VM %r to record job %s for." % (vm, job_id), vm=vm)
+    latest = moves[index]
+    if latest.state != RUNNING:
+        raise ManifestError(
+            "The move of VM %r from %s to %s is %s; only a running move can take a job id."
+            % (vm, latest.from_host, latest.to_host, latest.state),
+            vm=vm,
+        )
+    if latest.job_id == job_id:
+        return manifest
+    if latest.job_id is not None:
+        raise ManifestError(
+            "The running move of VM %r from %s to %s already has job %s; it cannot take job %s as well. "
+            "Wait for job %s and record how it ended first." % (
+                vm, latest.from_host, latest.to_host, latest.job_id, job_id, latest.job_id),
+            vm=vm,
+        )
+    moves[index] = dataclasses.replace(latest, job_id=job_id, uuid=latest.uuid or uuid)
+    return dataclasses.replace(manifest, moves=tuple(moves), updated_at=clock())
 
 
 def _finish(
@@ -572,3 +628,283 @@ def returns_home(manifest: Manifest, hosts: t.Optional[t.Iterable[str]] = None) 
             "to": origin.from_host,
         })
     return result
+
+
+# ---- declarative updates (the strata.migration.migration_manifest module) ----
+
+Data = t.Dict[str, t.Any]
+_ItemUpdate = t.Callable[[Manifest, int, t.Mapping[str, t.Any], str, t.Optional[str], Clock], Manifest]
+
+ALREADY_ON_DESTINATION = "already on the destination"
+
+# The figures of a live_migrate result kept in the record: (name in the record, section of the result, key).
+_RESULT_FIGURES = (
+    ("total_ms", "stats", "total_ms"),
+    ("downtime_ms", "stats", "downtime_ms"),
+    ("transferred_mib", "stats", "transferred_mib"),
+    ("memory_mib", "stats", "memory_total_mib"),
+    ("iterations", "stats", "iterations"),
+    ("compaction_reclaimed_mib", "compaction", "reclaimed_mib"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How one move ended: `state` is DONE or FAILED."""
+
+    state: str
+    result: str
+    strategy: t.Optional[str] = None
+    figures: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+
+
+def outcome_of(result: t.Mapping[str, t.Any]) -> Outcome:
+    """Return how a move ended from the result of strata.migration.live_migrate, or of a failed task.
+
+    A failed result is failed with its message; a result that changed nothing
+    found the VM already on its destination; anything else migrated. The
+    strategy and the main figures (time, downtime, MiB sent, guest memory,
+    passes, MiB reclaimed by compaction) are kept when the result has them.
+    """
+    strategy = result.get("strategy")
+    name = strategy.get("name") if isinstance(strategy, t.Mapping) else strategy
+    figures = {}
+    for figure, section, key in _RESULT_FIGURES:
+        part = result.get(section)
+        value = part.get(key) if isinstance(part, t.Mapping) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            figures[figure] = value
+    msg = result.get("msg")
+    msg = msg if isinstance(msg, str) and msg else None
+    if result.get("failed"):
+        state, text = FAILED, msg or "failed without a message"
+    elif result.get("already_migrated") or result.get("changed") is False:
+        state, text = DONE, ALREADY_ON_DESTINATION
+    else:
+        state, text = DONE, msg or "migrated"
+    return Outcome(state=state, result=text, strategy=name if isinstance(name, str) else None, figures=figures)
+
+
+def record_outcome(
+    manifest: Manifest,
+    vm: str,
+    outcome: Outcome,
+    uuid: t.Optional[str] = None,
+    clock: Clock = utc_now,
+) -> Manifest:
+    """Mark the latest move of `vm` done or failed as `outcome` says; a move already so recorded stays as it is."""
+    index = _latest_index(manifest.moves, vm, uuid)
+    if index is not None and manifest.moves[index].state == outcome.state:
+        return manifest
+    figures = outcome.figures or None
+    if outcome.state == DONE:
+        return mark_done(manifest, vm, uuid=uuid, result=outcome.result, strategy=outcome.strategy, figures=figures,
+                         clock=clock)
+    return mark_failed(manifest, vm, outcome.result, uuid=uuid, strategy=outcome.strategy, figures=figures,
+                       clock=clock)
+
+
+@dataclasses.dataclass(frozen=True)
+class Updates:
+    """The facts one migration_manifest task records, each None when not given.
+
+    `where` maps VM names or UUIDs to the host each runs on now (None: no
+    host); `finished` holds `{vm, uuid, result}`, `skipped` `{vm, uuid,
+    reason}`, `plan` migration_plan's moves, `started` `{vm, uuid, job_id}`.
+    """
+
+    finished: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
+    where: t.Optional[t.Mapping[str, t.Any]] = None
+    skipped: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
+    plan: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
+    started: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
+
+
+def _item_error(option: str, index: int, msg: str, vm: t.Optional[str] = None) -> ManifestError:
+    details: Data = {"option": option}
+    if vm is not None:
+        details["vm"] = vm
+    return ManifestError("%s[%d]: %s" % (option, index, msg), **details)
+
+
+def _optional_text(option: str, index: int, item: t.Mapping[str, t.Any], key: str) -> t.Optional[str]:
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _item_error(option, index, "%s must be a string or null, got %r." % (key, value), item.get("vm"))
+    return value
+
+
+def _vm_of(option: str, index: int, item: t.Any) -> t.Tuple[str, t.Optional[str]]:
+    if not isinstance(item, t.Mapping):
+        raise _item_error(option, index, "expected a mapping with vm, got %r." % (item,))
+    vm = item.get("vm")
+    if not isinstance(vm, str) or not vm:
+        raise _item_error(option, index, "vm must be the name of the VM, got %r." % (vm,))
+    return vm, _optional_text(option, index, item, "uuid")
+
+
+def _apply_each(
+    manifest: Manifest,
+    option: str,
+    items: t.Sequence[t.Any],
+    update: _ItemUpdate,
+    clock: Clock,
+) -> Manifest:
+    for index, item in enumerate(items):
+        vm, uuid = _vm_of(option, index, item)
+        try:
+            manifest = update(manifest, index, item, vm, uuid, clock)
+        except ManifestError as exc:
+            if exc.details.get("option") == option:
+                raise
+            raise _item_error(option, index, str(exc), vm) from None
+    return manifest
+
+
+def _finish_item(
+    manifest: Manifest, index: int, item: t.Mapping[str, t.Any], vm: str, uuid: t.Optional[str], clock: Clock
+) -> Manifest:
+    result = item.get("result")
+    if not isinstance(result, t.Mapping):
+        raise _item_error("finished", index, "result must be the result of the task, got %r." % (result,), vm)
+    return record_outcome(manifest, vm, outcome_of(result), uuid=uuid, clock=clock)
+
+
+def _skip_item(
+    manifest: Manifest, index: int, item: t.Mapping[str, t.Any], vm: str, uuid: t.Optional[str], clock: Clock
+) -> Manifest:
+    reason = item.get("reason")
+    if not isinstance(reason, str) or not reason:
+        raise _item_error("skipped", index, "reason must say why VM %r is not moved." % vm, vm)
+    latest = _latest_index(manifest.moves, vm, uuid)
+    if latest is not None and manifest.moves[latest].state == SKIPPED:
+        return manifest
+    return mark_skipped(manifest, vm, reason, uuid=uuid, clock=clock)
+
+
+def _start_item(
+    manifest: Manifest, index: int, item: t.Mapping[str, t.Any], vm: str, uuid: t.Optional[str], clock: Clock
+) -> Manifest:
+    job_id = _optional_text("started", index, item, "job_id")
+    latest = _latest_index(manifest.moves, vm, uuid)
+    if latest is not None and manifest.moves[latest].state == RUNNING:
+        # The job starts after its move is recorded running: this records its id.
+        return manifest if job_id is None else set_job_id(manifest, vm, job_id, uuid=uuid, clock=clock)
+    return mark_running(manifest, vm, uuid=uuid, job_id=job_id, clock=clock)
+
+
+def _record_plan(manifest: Manifest, items: t.Sequence[t.Any], clock: Clock) -> Manifest:
+    moves = []
+    for index, item in enumerate(items):
+        vm, uuid = _vm_of("plan", index, item)
+        try:
+            moves.append(_as_planned(dict(item, uuid=uuid)))
+        except ManifestError as exc:
+            raise _item_error("plan", index, str(exc), vm) from None
+    try:
+        return record_planned(manifest, moves, clock=clock)
+    except ManifestError as exc:
+        raise ManifestError("plan: %s" % exc, option="plan", **exc.details) from None
+
+
+def _check_where(where: t.Any) -> t.Dict[str, t.Optional[str]]:
+    if not isinstance(where, t.Mapping):
+        raise ManifestError("where must map VM names or UUIDs to host names, got %r." % (where,), option="where")
+    for key, host in where.items():
+        if not isinstance(key, str) or not key:
+            raise ManifestError("where: the key %r is not a VM name or UUID." % (key,), option="where")
+        if host is not None and (not isinstance(host, str) or not host):
+            raise ManifestError(
+                "where: VM %r runs on %r; give the name of its host, or null when it runs on no host." % (key, host),
+                option="where",
+            )
+    return dict(where)
+
+
+def apply_updates(manifest: Manifest, updates: Updates, clock: Clock = utc_now) -> Manifest:
+    """Return `manifest` with `updates` recorded, in this order: finished, where, skipped, plan, started.
+
+    Finished moves come first so that `where` settles (see `reconcile`) only
+    the moves left running that no result tells about. Errors name the option
+    and the index of the item.
+    """
+    if updates.finished is not None:
+        manifest = _apply_each(manifest, "finished", updates.finished, _finish_item, clock)
+    if updates.where is not None:
+        manifest = reconcile(manifest, _check_where(updates.where), clock=clock)
+    if updates.skipped is not None:
+        manifest = _apply_each(manifest, "skipped", updates.skipped, _skip_item, clock)
+    if updates.plan is not None:
+        manifest = _record_plan(manifest, updates.plan, clock)
+    if updates.started is not None:
+        manifest = _apply_each(manifest, "started", updates.started, _start_item, clock)
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestState:
+    """The outcome of `ensure_manifest`: the manifest before (None when there was no file) and after."""
+
+    changed: bool
+    before: t.Optional[Manifest]
+    after: Manifest
+
+
+def ensure_manifest(
+    path: str,
+    workflow: t.Optional[str],
+    updates: Updates,
+    check_mode: bool = False,
+    clock: Clock = utc_now,
+) -> ManifestState:
+    """Record `updates` in the manifest at `path`, creating it for `workflow` when there is none.
+
+    The file is written only when it is new or its moves change (a rerun after
+    success changes nothing), and never in check mode. `workflow`, when given,
+    must be the one the file records.
+    """
+    before = read_manifest(path)
+    if before is None:
+        if workflow is None:
+            raise ManifestError(
+                "The manifest %s does not exist yet; set workflow to start it (evacuate, rebalance or "
+                "maintenance_window), or pass the path of an existing manifest." % path,
+                option="workflow", path=path,
+            )
+        current = new_manifest(workflow, clock=clock)
+    else:
+        if workflow is not None and workflow != before.workflow:
+            raise ManifestError(
+                "The manifest %s belongs to workflow %s, not %s. Pass the manifest path of the %s run, or move %s "
+                "aside to start a new record." % (path, before.workflow, workflow, workflow, path),
+                option="workflow", path=path,
+            )
+        current = before
+    after = apply_updates(current, updates, clock=clock)
+    if after.moves == current.moves:
+        after = current
+    changed = before is None or after.moves != before.moves
+    if changed and not check_mode:
+        save_manifest(path, after)
+    return ManifestState(changed=changed, before=before, after=after)
+
+
+def move_summary(move: Move) -> Data:
+    """Return a move as `{vm, uuid, from, to}`, the input of live_migrate tasks."""
+    return {"vm": move.vm, "uuid": move.uuid, "from": move.from_host, "to": move.to_host}
+
+
+def manifest_view(manifest: Manifest, home_hosts: t.Optional[t.Iterable[str]] = None) -> Data:
+    """Return what the migration_manifest module reports besides `changed`."""
+    counts = {state: 0 for state in STATES}
+    for move in manifest.moves:
+        counts[move.state] += 1
+    return {
+        "manifest": manifest_to_dict(manifest),
+        "pending": [move_summary(move) for move in pending(manifest)],
+        "running": [dict(move_summary(move), job_id=move.job_id) for move in manifest.moves if move.state == RUNNING],
+        "returns_home": returns_home(manifest, hosts=home_hosts),
+        "counts": counts,
+    }

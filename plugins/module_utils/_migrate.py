@@ -18,6 +18,10 @@ and compacted memory is given back there).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import os
+import tempfile
 import threading
 import time
 import typing as t
@@ -37,7 +41,9 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     MigrationError,
     MigrationPlan,
     MonitorOutcome,
+    ProgressReporter,
     Timeline,
+    completed_figures,
     monitor,
     parse_job_stats,
     plan_migration,
@@ -177,6 +183,57 @@ class LibvirtMigrationJob:
             self._callback_id = None
 
 
+# ---- the progress file --------------------------------------------------------
+
+
+def check_progress_file(path: str) -> str:
+    """The progress file's absolute path, once its directory is known to exist and be writable."""
+    full = os.path.abspath(path)
+    directory = os.path.dirname(full)
+    if os.path.isdir(full):
+        raise MigrationError("progress_file '%s' is a directory; give the path of a file in it" % path,
+                             option="progress_file")
+    if not os.path.isdir(directory):
+        raise MigrationError(
+            "progress_file '%s': its directory %s does not exist; create it first or choose another path"
+            % (path, directory),
+            option="progress_file",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise MigrationError(
+            "progress_file '%s': its directory %s is not writable by the user the module runs as; choose another "
+            "path" % (path, directory),
+            option="progress_file",
+        )
+    return full
+
+
+def write_progress_file(path: str, record: t.Mapping[str, t.Any]) -> bool:
+    """Replace the file at `path` with `record` as JSON, atomically; False when that failed (nothing is raised).
+
+    A temporary file in the same directory is renamed over the old one, so a
+    reader sees the previous record or the new one, never a partial one.
+    """
+    directory, name = os.path.split(path)
+    try:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        # Readable by a watcher running as another user (a task with become); progress holds no secret.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, sort_keys=True)
+        os.replace(temporary, path)
+    except (OSError, TypeError, ValueError):
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return False
+    return True
+
+
 # ---- prediction ------------------------------------------------------------
 
 
@@ -253,6 +310,7 @@ class _Run:
         postcopy_recovery_timeout_s: int,
         clock: t.Callable[[], float],
         sleep: t.Callable[[float], None],
+        progress_sink: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Any]] = None,
     ) -> None:
         self.postcopy_recovery_timeout_s = postcopy_recovery_timeout_s
         self.source = source
@@ -267,6 +325,7 @@ class _Run:
         self.sleep = sleep
         self.timeline = Timeline(clock)
         self.event = self.timeline.add
+        self.progress = ProgressReporter(name, progress_sink, self.timeline)
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
@@ -322,6 +381,7 @@ class _Run:
     # The run ---------------------------------------------------------------------
 
     def run(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        self.progress("preparing")
         dom = find_domain(self.source.conn, self.name)
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
             return self.resume_broken_postcopy(dom, check_mode)
@@ -377,6 +437,7 @@ class _Run:
         self.result["strategy"] = dict(plan.to_dict(), reason="resume the interrupted post-copy migration")
         if check_mode:
             return self.result
+        self.progress("postcopy")
         with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             failed = MonitorOutcome(
@@ -399,7 +460,7 @@ class _Run:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
             try:
-                outcome = monitor(job, plan, self.options, precopy_converges, self.timeline)
+                outcome = monitor(job, plan, self.options, precopy_converges, self.timeline, self.progress)
                 completed_stats = job.completed_stats(COMPLETED_EVENT_WAIT_S) if outcome.completed else None
                 if not outcome.completed and outcome.postcopy_started and not outcome.still_running:
                     outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, outcome)
@@ -467,6 +528,7 @@ class _Run:
             sample = parse_job_stats(job.stats(), 0.0)
             if sample is not None and sample.processed_mib > progress:
                 progress, progress_at = sample.processed_mib, self.clock()
+            self.progress("postcopy", sample)
             now = self.clock()
             if now < deadline and now - progress_at < self.options.stall_timeout_s:
                 continue
@@ -490,6 +552,7 @@ class _Run:
             except LibvirtError:
                 completed = None
         self.result["stats"] = summarize_stats(completed, last_sample)
+        self.progress.report("verifying", completed_figures(self.result["stats"]))
         if compacted:
             params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
             changed, restored = ensure_restored(dest_dom, params, sleep=self.sleep, clock=self.clock)
@@ -526,6 +589,7 @@ class _Run:
         return where
 
     def finish_failure(self, dom: t.Any, outcome: t.Any, was_running: bool, compacted: bool) -> None:
+        self.progress("verifying")
         where = self.verify()
         source = where["source"]
         if (
@@ -600,6 +664,7 @@ def run_live_migration(
     compaction: CompactionSettings = CompactionSettings(),
     peer_uri: t.Optional[str] = None,
     postcopy_recovery_timeout_s: int = DEFAULT_POSTCOPY_RECOVERY_TIMEOUT_S,
+    progress_file: t.Optional[str] = None,
     check_mode: bool = False,
     clock: t.Callable[[], float] = time.monotonic,
     sleep: t.Callable[[float], None] = time.sleep,
@@ -609,11 +674,22 @@ def run_live_migration(
     peer_uri: the destination as the source host reaches it (peer-to-peer),
     default the destination's URI. postcopy_recovery_timeout_s: how long to
     keep resuming a post-copy migration whose connection broke (0: not at all).
+    progress_file: where to keep the progress record (see ProgressReporter),
+    already checked with check_progress_file; nothing is written in check mode.
     """
+    sink = None if progress_file is None or check_mode else functools.partial(write_progress_file, progress_file)
     run = _Run(source, destination, name, options, preflight_options, enforce_preflight, compaction, peer_uri,
-               postcopy_recovery_timeout_s, clock, sleep)
+               postcopy_recovery_timeout_s, clock, sleep, sink)
     try:
-        return run.run(check_mode)
-    except LibvirtError as exc:
-        raise run.fail("live migration of domain '%s': libvirt: %s" % (name, describe_libvirt_error(exc)),
-                       libvirt_error_code=libvirt_error_code(exc)) from exc
+        try:
+            result = run.run(check_mode)
+        except LibvirtError as exc:
+            raise run.fail("live migration of domain '%s': libvirt: %s" % (name, describe_libvirt_error(exc)),
+                           libvirt_error_code=libvirt_error_code(exc)) from exc
+    except BaseException:
+        # Whatever ends the task early, the watcher must not be left reading a phase that will never change.
+        if run.progress.started:
+            run.progress.report("failed")
+        raise
+    run.progress.report("done")
+    return result

@@ -196,6 +196,22 @@ options:
       - QEMU's own share of a domain's resident memory on this host kind (MiB), to estimate the memory a migration
         sends from the resident memory; see M(strata.migration.preflight).
     type: int
+  progress_file:
+    description:
+      - Keep a small JSON record of the migration's progress in this file, for a task that watches a migration
+        started with C(async) and C(poll=0) (such as M(strata.migration.migration_wait)). The file is on the host the
+        module runs on (the controller with C(delegate_to=localhost)); use an absolute path.
+      - "The record: C(domain); C(phase), one of V(preparing) (measure, pre-flight checks, compaction), V(migrating)
+        (pre-copy), V(postcopy) (after the switch), V(verifying) (placement check, memory given back), V(done) or
+        V(failed); C(percent) (share of guest memory not left to send, 0 to 100; 100 once done),
+        C(remaining_mib), C(transferred_mib) and C(pass) (the job's memory iteration), each null when unknown;
+        C(elapsed_s) since the task started; C(updated), the UTC time of the record in ISO 8601."
+      - It is rewritten atomically (a temporary file in the same directory, then a rename) at each phase change and
+        at most once per second while the job runs. A task that fails for any reason leaves V(failed).
+      - The directory must exist and be writable, or the task fails before anything is done. Errors while writing
+        later are ignored, since progress is advisory and never stops a migration.
+      - In check mode the file is not written.
+    type: path
 notes:
   - The hosts need libvirt's peer-to-peer migration between them (the source libvirtd opens O(peer_uri)).
   - Disks must be shared between the hosts; the pre-flight V(storage) check refuses local disks.
@@ -415,6 +431,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
 )
 from ansible_collections.strata.migration.plugins.module_utils._migrate import (
     CompactionSettings,
+    check_progress_file,
     run_live_migration,
 )
 from ansible_collections.strata.migration.plugins.module_utils._preflight import preflight_options
@@ -448,6 +465,7 @@ def main() -> None:
             "dest_capacity_mib": {"type": "int"},
             "reserve_mib": {"type": "int", "default": 0},
             "qemu_overhead_mib": {"type": "int"},
+            "progress_file": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -486,6 +504,7 @@ def main() -> None:
             allow_postcopy=params["allow_postcopy"],
             qemu_overhead_mib=params["qemu_overhead_mib"],
         )
+        progress_file = check_progress_file(params["progress_file"]) if params["progress_file"] else None
         with LibvirtClient(params["dest_uri"], params["connect_timeout_s"]) as destination:
             result = run_live_migration(
                 module.client,
@@ -497,6 +516,7 @@ def main() -> None:
                 compaction=compaction,
                 peer_uri=params["peer_uri"],
                 postcopy_recovery_timeout_s=params["postcopy_recovery_timeout_s"],
+                progress_file=progress_file,
                 check_mode=module.check_mode,
             )
     except (StrataError, LibvirtError) as exc:

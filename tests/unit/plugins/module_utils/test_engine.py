@@ -11,6 +11,8 @@ and every layer can be reached without libvirt and without real time.
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction
@@ -33,17 +35,21 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     MIGRATE_UNDEFINE_SOURCE,
     POLL_S,
     POSTCOPY_GRACE_S,
+    PROGRESS_INTERVAL_S,
     EngineOptions,
     IterationRecord,
     JobSample,
     MigrationError,
+    ProgressReporter,
     Timeline,
     ShakingDetector,
+    completed_figures,
     downtime_steps,
     engine_options,
     monitor,
     parse_job_stats,
     plan_migration,
+    progress_figures,
     summarize_stats,
     xbzrle_cache_mib,
 )
@@ -1165,3 +1171,174 @@ def test_xbzrle_with_parallel_connections_is_refused():
         engine_options(compression=["xbzrle"], parallel_connections=4)
     assert caught.value.details["option"] == "compression"
     assert "parallel_connections" in str(caught.value)
+
+
+# ---- progress ------------------------------------------------------------------
+
+
+PROGRESS_KEYS = ["domain", "phase", "percent", "remaining_mib", "transferred_mib", "pass", "elapsed_s", "updated"]
+NOON = datetime.datetime(2024, 5, 6, 12, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+
+
+def reading(iteration=2, processed_mib=128.0, remaining_mib=64.25, total_mib=256.0):
+    return JobSample(elapsed_s=0.0, iteration=iteration, processed_mib=processed_mib, remaining_mib=remaining_mib,
+                     total_mib=total_mib, dirty_rate_mibps=0.0, throughput_mibps=0.0)
+
+
+def reporter(clock=None, utcnow=lambda: NOON):
+    """A ProgressReporter for web1 on a FakeClock (started at its current time) and the records it handed on."""
+    clock = clock or FakeClock()
+    records = []
+    return ProgressReporter("web1", records.append, Timeline(clock), utcnow=utcnow), records, clock
+
+
+def test_progress_figures_of_a_reading():
+    # 64.25 of 256 MiB left: 74.9% done, whatever was sent.
+    assert progress_figures(reading()) == {"percent": 74.9, "remaining_mib": 64.2, "transferred_mib": 128.0,
+                                           "pass": 2}
+
+
+def test_progress_figures_without_a_reading_are_unknown():
+    assert progress_figures(None) == {"percent": None, "remaining_mib": None, "transferred_mib": None, "pass": None}
+
+
+def test_progress_percent_counts_what_is_left_not_what_was_resent():
+    assert progress_figures(reading(processed_mib=700.0, remaining_mib=32.0, total_mib=256.0))["percent"] == 87.5
+    assert progress_figures(reading(remaining_mib=300.0, total_mib=256.0))["percent"] == 0.0
+
+
+def test_progress_percent_unknown_without_a_memory_total_and_pass_unknown_before_the_first():
+    figures = progress_figures(reading(iteration=0, total_mib=0.0))
+    assert figures["percent"] is None and figures["pass"] is None
+    assert figures["transferred_mib"] == 128.0
+
+
+def test_completed_figures_leave_nothing_remaining():
+    stats = summarize_stats(None, reading(iteration=4, processed_mib=96.0, total_mib=256.0))
+    assert completed_figures(stats) == {"percent": 100.0, "remaining_mib": 0.0, "transferred_mib": 96.0, "pass": 4}
+    assert completed_figures(summarize_stats(None, None)) == {"percent": 100.0, "remaining_mib": 0.0,
+                                                              "transferred_mib": None, "pass": None}
+
+
+def test_progress_record_has_the_documented_keys():
+    progress, records, clock = reporter()
+    clock.now += 2.46
+    progress("migrating", reading())
+    assert records == [{
+        "domain": "web1", "phase": "migrating", "percent": 74.9, "remaining_mib": 64.2, "transferred_mib": 128.0,
+        "pass": 2, "elapsed_s": 2.5, "updated": "2024-05-06T12:00:00Z",
+    }]
+    assert sorted(records[0]) == sorted(PROGRESS_KEYS)
+
+
+def test_progress_updated_is_utc_whatever_the_zone_of_the_clock():
+    paris = datetime.timezone(datetime.timedelta(hours=2))
+    progress, records, _clock = reporter(utcnow=lambda: datetime.datetime(2024, 5, 6, 14, 0, 0, tzinfo=paris))
+    progress("preparing")
+    assert records[0]["updated"] == "2024-05-06T12:00:00Z"
+
+
+def test_each_phase_change_is_handed_on_at_once():
+    progress, records, _clock = reporter()
+    for phase in ("preparing", "migrating", "postcopy", "verifying", "done"):
+        progress(phase)
+    assert [r["phase"] for r in records] == ["preparing", "migrating", "postcopy", "verifying", "done"]
+    assert all(r["elapsed_s"] == 0.0 for r in records)
+
+
+def test_within_a_phase_records_are_handed_on_at_most_once_per_interval():
+    progress, records, clock = reporter()
+    progress("migrating")
+    # 20 readings 0.2 s apart: 4 s.
+    for poll in range(1, 21):
+        clock.now += 0.2
+        progress("migrating", reading(processed_mib=poll * 10.0))
+    times = [r["elapsed_s"] for r in records]
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert records[-1]["transferred_mib"] == 200.0
+
+
+def test_a_phase_change_within_the_interval_is_not_held_back():
+    progress, records, clock = reporter()
+    progress("migrating", reading())
+    clock.now += 0.2
+    progress("postcopy", reading(iteration=3))
+    assert [(r["phase"], r["pass"]) for r in records] == [("migrating", 2), ("postcopy", 3)]
+
+
+def test_the_figures_of_skipped_readings_are_kept_for_the_next_record():
+    progress, records, clock = reporter()
+    progress("migrating", reading(processed_mib=10.0))
+    clock.now += 0.5
+    progress("migrating", reading(processed_mib=20.0))
+    progress.report("verifying", None)
+    assert [r["transferred_mib"] for r in records] == [10.0, 20.0]
+
+
+def test_a_reading_of_none_keeps_the_last_figures():
+    progress, records, clock = reporter()
+    progress("migrating", reading())
+    clock.now += PROGRESS_INTERVAL_S
+    progress("migrating", None)
+    assert records[1]["transferred_mib"] == records[0]["transferred_mib"] == 128.0
+
+
+def test_failed_after_any_phase_carries_the_last_figures():
+    progress, records, clock = reporter()
+    progress("migrating", reading())
+    clock.now += 0.1
+    progress.report("failed")
+    assert records[-1]["phase"] == "failed"
+    assert records[-1]["transferred_mib"] == 128.0
+
+
+def test_without_a_sink_nothing_is_handed_on():
+    progress = ProgressReporter("web1", None, Timeline(FakeClock()))
+    progress("preparing")
+    progress("migrating", reading())
+    assert progress.started is False
+
+
+def test_an_error_of_the_sink_is_ignored():
+    def broken(_record):
+        raise OSError(28, "No space left on device")
+    progress = ProgressReporter("web1", broken, Timeline(FakeClock()))
+    progress("preparing")
+    progress.report("done")
+    assert progress.started is True
+
+
+def test_an_unknown_phase_is_a_bug():
+    progress, _records, _clock = reporter()
+    with pytest.raises(ValueError):
+        progress("copying")
+
+
+def test_monitor_reports_migrating_as_the_job_starts_then_at_most_once_per_second():
+    clock, options, the_plan = setup("precopy")
+    progress, records, _clock = reporter(clock)
+    job = ScriptedJob(clock, rising(iteration_every=5), ends_at=21)
+    outcome = monitor(job, the_plan, options, True, progress.timeline, progress)
+    assert outcome.completed is True
+    assert records[0]["phase"] == "migrating"
+    assert records[0]["transferred_mib"] is None and records[0]["elapsed_s"] == 0.0
+    assert {r["phase"] for r in records} == {"migrating"}
+    # 20 polls 0.2 s apart: one record at the start, then one per second.
+    assert [r["elapsed_s"] for r in records] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [r["pass"] for r in records[1:]] == [1, 2, 3, 4]
+    # 100 of 256 MiB still to send.
+    assert records[-1]["transferred_mib"] == 200.0 and records[-1]["percent"] == 60.9
+
+
+def test_monitor_reports_postcopy_at_the_poll_after_the_switch():
+    clock, options, the_plan = setup("postcopy", allow_postcopy=True)
+    progress, records, _clock = reporter(clock)
+    job = ScriptedJob(clock, rising(iteration_every=3), ends_at=12)
+    outcome = monitor(job, the_plan, options, True, progress.timeline, progress)
+    assert outcome.postcopy_started is True
+    phases = [r["phase"] for r in records]
+    assert phases[0] == "migrating" and phases[-1] == "postcopy"
+    assert phases == sorted(phases, key=["migrating", "postcopy"].index)
+    first_postcopy = records[phases.index("postcopy")]
+    # The switch happens at the first sight of pass 2 (poll 4), and is reported with that reading.
+    assert first_postcopy["pass"] == 2 and first_postcopy["elapsed_s"] == 0.8

@@ -23,19 +23,29 @@ from ansible_collections.strata.migration.plugins.module_utils._manifest import 
     Manifest,
     ManifestError,
     Move,
+    ALREADY_ON_DESTINATION,
+    Outcome,
+    Updates,
+    apply_updates,
+    ensure_manifest,
     load_manifest,
     manifest_from_dict,
+    manifest_view,
     manifest_to_dict,
     mark_done,
     mark_failed,
     mark_running,
     mark_skipped,
     new_manifest,
+    outcome_of,
     pending,
+    read_manifest,
     reconcile,
+    record_outcome,
     record_planned,
     returns_home,
     save_manifest,
+    set_job_id,
     utc_now,
 )
 
@@ -103,7 +113,7 @@ def test_dict_round_trip(clock):
     assert data["moves"][0] == {
         "vm": "web", "uuid": "u-web", "from_host": "hv1", "to_host": "hv2", "state": DONE,
         "started_at": "2024-05-01T12:00:03Z", "ended_at": "2024-05-01T12:00:04Z", "result": None,
-        "strategy": "precopy", "figures": {"total_ms": 1200, "downtime_ms": 40}, "attempt": 1,
+        "strategy": "precopy", "figures": {"total_ms": 1200, "downtime_ms": 40}, "attempt": 1, "job_id": None,
     }
 
 
@@ -131,11 +141,22 @@ def test_load_keeps_the_recorded_workflow(tmp_path, clock):
     assert load_manifest(path, "evacuate", clock=clock).workflow == "maintenance_window"
 
 
-def test_save_creates_parent_directories_and_a_private_file(tmp_path, clock):
-    path = str(tmp_path / "a" / "b" / "m.json")
+def test_save_creates_a_private_file(tmp_path, clock):
+    path = str(tmp_path / "m.json")
     save_manifest(path, started(clock, ("web", "hv1", "hv2")))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert os.listdir(str(tmp_path / "a" / "b")) == ["m.json"]
+    assert os.listdir(str(tmp_path)) == ["m.json"]
+
+
+def test_save_refuses_a_missing_directory(tmp_path, clock):
+    path = str(tmp_path / "a" / "m.json")
+    with pytest.raises(ManifestError) as info:
+        save_manifest(path, started(clock, ("web", "hv1", "hv2")))
+    assert str(info.value) == (
+        "Cannot write the manifest %s: its directory %s does not exist. Create the directory first, or pass "
+        "another manifest path." % (path, tmp_path / "a"))
+    assert info.value.details == {"path": path}
+    assert not os.path.exists(str(tmp_path / "a"))
 
 
 def test_save_over_a_world_readable_file_leaves_it_private(tmp_path, clock):
@@ -259,6 +280,7 @@ def test_load_ignores_unknown_move_fields():
     (lambda d: d["moves"][0].update(attempt=-1), "attempt count"),
     (lambda d: d["moves"][0].update(attempt=True), "attempt count"),
     (lambda d: d["moves"][0].update(result=3), "result of the move of VM 'web'"),
+    (lambda d: d["moves"][0].update(job_id=42), "job_id of the move of VM 'web'"),
 ])
 def test_load_refuses_malformed_content(change, expected):
     data = valid_data()
@@ -639,3 +661,512 @@ def test_a_vm_whose_latest_move_is_running_has_no_return(clock):
 
 def test_returns_home_is_empty_without_done_moves(clock):
     assert returns_home(started(clock, ("web", "hv1", "hv2"))) == []
+
+
+# --- job ids ---------------------------------------------------------------------------------
+
+def test_mark_running_records_the_job(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", job_id="j1.1", clock=clock)
+    assert (manifest.moves[0].state, manifest.moves[0].job_id) == (RUNNING, "j1.1")
+
+
+def test_a_new_attempt_does_not_keep_the_job_of_the_last(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", job_id="j1.1", clock=clock)
+    manifest = mark_failed(manifest, "web", "stalled", clock=clock)
+    assert manifest.moves[0].job_id == "j1.1"
+    manifest = record_planned(manifest, plan(("web", "hv1", "hv2")), clock=clock)
+    assert mark_running(manifest, "web", clock=clock).moves[0].job_id is None
+    assert mark_running(manifest, "web", job_id="j2.2", clock=clock).moves[0].job_id == "j2.2"
+
+
+def test_set_job_id_on_a_running_move(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", clock=clock)
+    with_job = set_job_id(manifest, "web", "j1.1", uuid="u-web", clock=clock)
+    move = with_job.moves[0]
+    assert (move.state, move.job_id, move.uuid, move.attempt) == (RUNNING, "j1.1", "u-web", 1)
+    assert move.started_at == manifest.moves[0].started_at
+    assert with_job.updated_at == "2024-05-01T12:00:04Z"
+    assert set_job_id(with_job, "web", "j1.1", clock=clock) is with_job
+
+
+def test_set_job_id_refuses_a_second_job(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", job_id="j1.1", clock=clock)
+    with pytest.raises(ManifestError) as info:
+        set_job_id(manifest, "web", "j2.2", clock=clock)
+    assert str(info.value) == (
+        "The running move of VM 'web' from hv1 to hv2 already has job j1.1; it cannot take job j2.2 as well. "
+        "Wait for job j1.1 and record how it ended first.")
+    assert info.value.details == {"vm": "web"}
+
+
+def test_set_job_id_needs_a_running_move(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"))
+    with pytest.raises(ManifestError, match="from hv1 to hv2 is planned; only a running move can take a job id"):
+        set_job_id(manifest, "web", "j1.1", clock=clock)
+    with pytest.raises(ManifestError, match="no move of VM 'db' to record job j1.1 for"):
+        set_job_id(manifest, "db", "j1.1", clock=clock)
+
+
+def test_finishing_keeps_the_job_for_the_record(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", job_id="j1.1", clock=clock)
+    assert mark_done(manifest, "web", clock=clock).moves[0].job_id == "j1.1"
+
+
+def test_a_manifest_written_before_job_ids_loads(tmp_path, clock):
+    path = tmp_path / "old.json"
+    data = valid_data()
+    data["moves"][0].update(state=RUNNING, attempt=1, started_at="s", figures={})
+    path.write_text(json.dumps(data))
+    manifest = load_manifest(str(path), "evacuate", clock=clock)
+    assert manifest.moves[0].job_id is None
+    assert manifest_to_dict(manifest)["moves"][0]["job_id"] is None
+
+
+def test_read_manifest_tells_a_missing_file(tmp_path, clock):
+    assert read_manifest(str(tmp_path / "absent.json")) is None
+    path = str(tmp_path / "m.json")
+    save_manifest(path, started(clock, ("web", "hv1", "hv2")))
+    assert read_manifest(path).moves[0].vm == "web"
+
+
+# --- outcomes of live_migrate ----------------------------------------------------------------
+
+MIGRATED = {
+    "changed": True,
+    "domain": "web",
+    "already_migrated": False,
+    "strategy": {"name": "layered", "reason": "hot set predicted", "hot_layer": "throttle"},
+    "stats": {"total_ms": 1840, "downtime_ms": 35, "setup_ms": 4, "transferred_mib": 71.7, "memory_total_mib": 512.0,
+              "iterations": 3, "zero_pages": 97000, "sources": {"total_ms": "completed_job"}},
+    "compaction": {"before_mib": 512, "after_mib": 132, "reclaimed_mib": 380},
+    "timeline": [{"t_s": 0.1, "event": "complete"}],
+}
+
+FAILED_RESULT = {
+    "failed": True,
+    "changed": False,
+    "msg": "aborted by the stall guard: no progress for 30 s; the domain is running on the source",
+    "strategy": {"name": "precopy"},
+    "stats": {"total_ms": 30000, "downtime_ms": None, "transferred_mib": 900.5, "iterations": True},
+    "compaction": None,
+    "aborted_by": "stall",
+}
+
+
+def test_outcome_of_a_migration_keeps_strategy_and_main_figures():
+    assert outcome_of(MIGRATED) == Outcome(
+        state=DONE, result="migrated", strategy="layered",
+        figures={"total_ms": 1840, "downtime_ms": 35, "transferred_mib": 71.7, "memory_mib": 512.0, "iterations": 3,
+                 "compaction_reclaimed_mib": 380},
+    )
+
+
+def test_outcome_of_a_migration_with_a_message_keeps_it():
+    assert outcome_of(dict(MIGRATED, msg="migrated after post-copy")).result == "migrated after post-copy"
+
+
+def test_outcome_of_a_failure_keeps_its_message_and_only_real_figures():
+    # A failure that changed nothing is still a failure; null and boolean figures are left out.
+    assert outcome_of(FAILED_RESULT) == Outcome(
+        state=FAILED, result=FAILED_RESULT["msg"], strategy="precopy",
+        figures={"total_ms": 30000, "transferred_mib": 900.5},
+    )
+
+
+def test_outcome_of_a_failure_without_a_message():
+    assert outcome_of({"failed": True}) == Outcome(state=FAILED, result="failed without a message")
+
+
+@pytest.mark.parametrize("result", [
+    {"changed": False, "already_migrated": True, "domain": "web", "timeline": []},
+    {"changed": False, "domain": "web"},
+    {"changed": True, "already_migrated": True},
+])
+def test_outcome_of_a_vm_already_on_its_destination(result):
+    assert outcome_of(result) == Outcome(state=DONE, result=ALREADY_ON_DESTINATION)
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    ("postcopy", "postcopy"),
+    ({"reason": "no name"}, None),
+    ({"name": 3}, None),
+    (None, None),
+])
+def test_outcome_of_reads_the_strategy_name(strategy, expected):
+    assert outcome_of({"changed": True, "strategy": strategy}).strategy == expected
+
+
+def test_outcome_of_a_result_without_figures():
+    assert outcome_of({"changed": True, "stats": "n/a"}) == Outcome(state=DONE, result="migrated")
+
+
+def test_record_outcome_marks_the_running_move(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", job_id="j1.1", clock=clock)
+    done = record_outcome(manifest, "web", outcome_of(MIGRATED), clock=clock)
+    move = done.moves[0]
+    assert (move.state, move.result, move.strategy, move.job_id) == (DONE, "migrated", "layered", "j1.1")
+    assert move.figures["downtime_ms"] == 35
+    failed = record_outcome(manifest, "web", Outcome(state=FAILED, result="no route"), clock=clock)
+    assert (failed.moves[0].state, failed.moves[0].result, failed.moves[0].figures) == (FAILED, "no route", {})
+
+
+def test_record_outcome_leaves_a_move_already_recorded_so(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", clock=clock)
+    done = record_outcome(manifest, "web", outcome_of(MIGRATED), clock=clock)
+    assert record_outcome(done, "web", outcome_of(MIGRATED), clock=clock) is done
+    failed = record_outcome(manifest, "web", outcome_of(FAILED_RESULT), clock=clock)
+    assert record_outcome(failed, "web", outcome_of(FAILED_RESULT), clock=clock) is failed
+
+
+def test_record_outcome_refuses_to_turn_a_done_move_failed(clock):
+    done = mark_done(started(clock, ("web", "hv1", "hv2")), "web", clock=clock)
+    with pytest.raises(ManifestError, match="is done; only a running or planned move can be marked failed"):
+        record_outcome(done, "web", outcome_of(FAILED_RESULT), clock=clock)
+
+
+# --- apply_updates ---------------------------------------------------------------------------
+
+def wave(*vms):
+    """Moves as migration_plan returns them, with keys the manifest ignores."""
+    return [dict(move, memory_mib=256, estimated_s=1.5, wave=1) for move in plan(*vms)]
+
+
+def test_no_updates_change_nothing(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"))
+    assert apply_updates(manifest, Updates(), clock=clock) is manifest
+
+
+def test_plan_records_migration_plan_moves(clock):
+    manifest = apply_updates(new_manifest("evacuate", clock=clock),
+                             Updates(plan=wave(("web", "hv1", "hv2", "u-web"), ("db", "hv1", "hv3", None))),
+                             clock=clock)
+    assert manifest.moves == (
+        Move(vm="web", uuid="u-web", from_host="hv1", to_host="hv2"),
+        Move(vm="db", uuid=None, from_host="hv1", to_host="hv3"),
+    )
+
+
+def test_plan_treats_an_empty_uuid_as_unknown(clock):
+    manifest = apply_updates(new_manifest("evacuate", clock=clock),
+                             Updates(plan=wave(("web", "hv1", "hv2", ""))), clock=clock)
+    assert manifest.moves[0].uuid is None
+
+
+def test_an_empty_plan_skips_what_was_planned(clock):
+    manifest = apply_updates(started(clock, ("web", "hv1", "hv2")), Updates(plan=[]), clock=clock)
+    assert states(manifest) == [("web", "hv1", "hv2", SKIPPED)]
+
+
+@pytest.mark.parametrize("item, expected", [
+    ({"vm": "web", "to": "hv2"}, "plan[0]: The source host of VM 'web' must be a host name."),
+    ({"vm": "web", "from": "hv1", "to": "hv1"}, "plan[0]: The move of VM 'web' has the same source and destination"),
+    ({"from": "hv1", "to": "hv2"}, "plan[0]: vm must be the name of the VM, got None."),
+    ("web", "plan[0]: expected a mapping with vm, got 'web'."),
+    ({"vm": "web", "uuid": 7, "from": "hv1", "to": "hv2"}, "plan[0]: uuid must be a string or null, got 7."),
+])
+def test_plan_errors_name_the_option_and_item(clock, item, expected):
+    with pytest.raises(ManifestError) as info:
+        apply_updates(new_manifest("evacuate", clock=clock), Updates(plan=[item]), clock=clock)
+    assert str(info.value).startswith(expected)
+    assert info.value.details["option"] == "plan"
+
+
+def test_a_plan_moving_a_vm_twice_names_the_option(clock):
+    with pytest.raises(ManifestError) as info:
+        apply_updates(new_manifest("evacuate", clock=clock),
+                      Updates(plan=wave(("web", "hv1", "hv2"), ("web", "hv1", "hv3"))), clock=clock)
+    assert str(info.value) == "plan: The plan moves VM 'web' more than once."
+    assert info.value.details == {"option": "plan", "vm": "web"}
+
+
+def test_started_marks_planned_moves_running_with_their_jobs(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"), ("db", "hv1", "hv3"))
+    manifest = apply_updates(manifest, Updates(started=[{"vm": "web", "uuid": "u-web", "job_id": "j1.1"},
+                                                        {"vm": "db", "job_id": None}]), clock=clock)
+    assert [(move.state, move.job_id, move.attempt) for move in manifest.moves] == [
+        (RUNNING, "j1.1", 1), (RUNNING, None, 1)]
+    assert manifest.moves[0].uuid == "u-web"
+
+
+def test_started_takes_plan_moves_as_they_are_then_their_jobs(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"))
+    manifest = apply_updates(manifest, Updates(started=wave(("web", "hv1", "hv2"))), clock=clock)
+    assert (manifest.moves[0].state, manifest.moves[0].job_id) == (RUNNING, None)
+    again = apply_updates(manifest, Updates(started=wave(("web", "hv1", "hv2"))), clock=clock)
+    assert again is manifest
+    with_job = apply_updates(manifest, Updates(started=[{"vm": "web", "job_id": "j1.1"}]), clock=clock)
+    assert (with_job.moves[0].job_id, with_job.moves[0].attempt) == ("j1.1", 1)
+    assert apply_updates(with_job, Updates(started=[{"vm": "web", "job_id": "j1.1"}]), clock=clock) is with_job
+
+
+@pytest.mark.parametrize("prepare, item, expected", [
+    (lambda m, c: mark_running(m, "web", job_id="j1.1", clock=c), {"vm": "web", "job_id": "j2.2"},
+     "started[0]: The running move of VM 'web' from hv1 to hv2 already has job j1.1"),
+    (lambda m, c: mark_done(m, "web", clock=c), {"vm": "web"},
+     "started[0]: The move of VM 'web' from hv1 to hv2 is done; only a planned move can be marked running."),
+    (lambda m, c: m, {"vm": "db"}, "started[0]: The manifest has no move of VM 'db' to mark running."),
+    (lambda m, c: m, {"vm": "web", "job_id": 12}, "started[0]: job_id must be a string or null, got 12."),
+])
+def test_started_errors_name_the_option_and_item(clock, prepare, item, expected):
+    manifest = prepare(started(clock, ("web", "hv1", "hv2")), clock)
+    with pytest.raises(ManifestError) as info:
+        apply_updates(manifest, Updates(started=[item]), clock=clock)
+    assert str(info.value).startswith(expected)
+    assert info.value.details == {"option": "started", "vm": item["vm"]}
+
+
+def test_finished_records_how_each_move_ended(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"), ("db", "hv1", "hv3"), ("cache", "hv1", "hv2"))
+    for vm in ("web", "db", "cache"):
+        manifest = mark_running(manifest, vm, clock=clock)
+    manifest = apply_updates(manifest, Updates(finished=[
+        {"vm": "web", "uuid": None, "result": MIGRATED},
+        {"vm": "db", "result": FAILED_RESULT},
+        {"vm": "cache", "result": {"changed": False, "already_migrated": True}},
+    ]), clock=clock)
+    assert [(move.state, move.result) for move in manifest.moves] == [
+        (DONE, "migrated"), (FAILED, FAILED_RESULT["msg"]), (DONE, ALREADY_ON_DESTINATION)]
+    assert again_is_same(manifest, Updates(finished=[{"vm": "web", "result": MIGRATED}]), clock)
+
+
+def again_is_same(manifest, updates, clock):
+    return apply_updates(manifest, updates, clock=clock) is manifest
+
+
+@pytest.mark.parametrize("item, expected", [
+    ({"vm": "web", "result": "ok"}, "finished[0]: result must be the result of the task, got 'ok'."),
+    ({"vm": "db", "result": MIGRATED}, "finished[0]: The manifest has no move of VM 'db' to mark done."),
+])
+def test_finished_errors_name_the_option_and_item(clock, item, expected):
+    with pytest.raises(ManifestError) as info:
+        apply_updates(started(clock, ("web", "hv1", "hv2")), Updates(finished=[item]), clock=clock)
+    assert str(info.value) == expected
+    assert info.value.details == {"option": "finished", "vm": item["vm"]}
+
+
+def test_where_settles_moves_left_running(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2"), ("db", "hv1", "hv3")), "web", clock=clock)
+    manifest = mark_running(manifest, "db", clock=clock)
+    settled = apply_updates(manifest, Updates(where={"web": "hv2", "db": "hv1"}), clock=clock)
+    assert [(move.state, move.result) for move in settled.moves] == [
+        (DONE, FINISHED_BY_INTERRUPTED_RUN), (PLANNED, "interrupted; still on its source, planned again")]
+
+
+def test_finished_comes_before_where(clock):
+    # The VM is still seen on its source, but its result says it moved: the result counts, with its figures.
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", clock=clock)
+    settled = apply_updates(manifest, Updates(where={"web": "hv1"}, finished=[{"vm": "web", "result": MIGRATED}]),
+                            clock=clock)
+    assert (settled.moves[0].state, settled.moves[0].result) == (DONE, "migrated")
+    assert settled.moves[0].figures["total_ms"] == 1840
+
+
+def test_where_comes_before_plan_and_plan_before_started(clock):
+    manifest = mark_running(started(clock, ("web", "hv1", "hv2")), "web", clock=clock)
+    updated = apply_updates(manifest, Updates(where={"web": "hv1"}, plan=wave(("web", "hv1", "hv3")),
+                                              started=[{"vm": "web", "job_id": "j2.2"}]), clock=clock)
+    assert [(move.to_host, move.state, move.attempt, move.job_id) for move in updated.moves] == [
+        ("hv3", RUNNING, 2, "j2.2")]
+
+
+@pytest.mark.parametrize("where, expected", [
+    (["web"], "where must map VM names or UUIDs to host names, got ['web']."),
+    ({"web": 3}, "where: VM 'web' runs on 3; give the name of its host, or null when it runs on no host."),
+    ({"web": ""}, "where: VM 'web' runs on ''"),
+    ({"": "hv1"}, "where: the key '' is not a VM name or UUID."),
+])
+def test_where_errors_name_the_option(clock, where, expected):
+    with pytest.raises(ManifestError) as info:
+        apply_updates(started(clock, ("web", "hv1", "hv2")), Updates(where=where), clock=clock)
+    assert str(info.value).startswith(expected)
+    assert info.value.details == {"option": "where"}
+
+
+def test_skipped_marks_planned_moves_once(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"))
+    skipped = apply_updates(manifest, Updates(skipped=[{"vm": "web", "uuid": None, "reason": "no room"}]), clock=clock)
+    assert (skipped.moves[0].state, skipped.moves[0].result) == (SKIPPED, "no room")
+    assert again_is_same(skipped, Updates(skipped=[{"vm": "web", "reason": "still no room"}]), clock)
+
+
+@pytest.mark.parametrize("prepare, item, expected", [
+    (lambda m, c: m, {"vm": "web", "reason": ""}, "skipped[0]: reason must say why VM 'web' is not moved."),
+    (lambda m, c: mark_running(m, "web", clock=c), {"vm": "web", "reason": "late"},
+     "skipped[0]: The move of VM 'web' from hv1 to hv2 is running; only a planned move can be marked skipped."),
+])
+def test_skipped_errors_name_the_option_and_item(clock, prepare, item, expected):
+    manifest = prepare(started(clock, ("web", "hv1", "hv2")), clock)
+    with pytest.raises(ManifestError) as info:
+        apply_updates(manifest, Updates(skipped=[item]), clock=clock)
+    assert str(info.value) == expected
+    assert info.value.details == {"option": "skipped", "vm": "web"}
+
+
+def test_skipped_comes_before_plan(clock):
+    manifest = started(clock, ("web", "hv1", "hv2"))
+    updated = apply_updates(manifest, Updates(skipped=[{"vm": "web", "reason": "too big"}],
+                                              plan=wave(("web", "hv1", "hv3"))), clock=clock)
+    assert states(updated) == [("web", "hv1", "hv3", PLANNED)]
+
+
+# --- ensure_manifest -------------------------------------------------------------------------
+
+def file_bytes(path):
+    with open(path, "rb") as stream:
+        return stream.read()
+
+
+def test_ensure_creates_a_missing_manifest(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    state = ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"))), clock=clock)
+    assert state.changed and state.before is None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_manifest(path, "evacuate") == state.after
+    assert states(state.after) == [("web", "hv1", "hv2", PLANNED)]
+
+
+def test_ensure_creates_an_empty_manifest_when_only_reading(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    state = ensure_manifest(path, "rebalance", Updates(), clock=clock)
+    assert state.changed
+    assert load_manifest(path, "evacuate") == state.after
+    assert state.after.workflow == "rebalance"
+    again = ensure_manifest(path, "rebalance", Updates(), clock=clock)
+    assert not again.changed
+    assert again.after.run_id == state.after.run_id
+
+
+def test_ensure_needs_a_workflow_to_start_a_manifest(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    with pytest.raises(ManifestError) as info:
+        ensure_manifest(path, None, Updates(), clock=clock)
+    assert str(info.value) == (
+        "The manifest %s does not exist yet; set workflow to start it (evacuate, rebalance or maintenance_window), "
+        "or pass the path of an existing manifest." % path)
+    assert info.value.details == {"option": "workflow", "path": path}
+    assert not os.path.exists(path)
+
+
+def test_ensure_refuses_the_manifest_of_another_workflow(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    save_manifest(path, started(clock, ("web", "hv1", "hv2"), workflow="rebalance"))
+    before = file_bytes(path)
+    with pytest.raises(ManifestError) as info:
+        ensure_manifest(path, "evacuate", Updates(plan=[]), clock=clock)
+    assert str(info.value) == (
+        "The manifest %s belongs to workflow rebalance, not evacuate. Pass the manifest path of the evacuate run, "
+        "or move %s aside to start a new record." % (path, path))
+    assert info.value.details == {"option": "workflow", "path": path}
+    assert file_bytes(path) == before
+
+
+def test_ensure_without_workflow_takes_the_recorded_one(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    save_manifest(path, started(clock, ("web", "hv1", "hv2"), workflow="maintenance_window"))
+    state = ensure_manifest(path, None, Updates(started=[{"vm": "web"}]), clock=clock)
+    assert state.changed and state.after.workflow == "maintenance_window"
+    assert load_manifest(path, "evacuate").moves[0].state == RUNNING
+
+
+def test_ensure_leaves_the_file_alone_when_the_moves_do_not_change(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"))), clock=clock)
+    before = file_bytes(path)
+    # The same plan again, and where facts with nothing running: only updated_at would move.
+    state = ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2")), where={"web": "hv1"}),
+                            clock=clock)
+    assert not state.changed
+    assert state.after == state.before
+    assert file_bytes(path) == before
+
+
+def test_ensure_in_check_mode_writes_nothing(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    state = ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"))), check_mode=True, clock=clock)
+    assert state.changed
+    assert states(state.after) == [("web", "hv1", "hv2", PLANNED)]
+    assert not os.path.exists(path)
+    ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"))), clock=clock)
+    before = file_bytes(path)
+    state = ensure_manifest(path, "evacuate", Updates(started=[{"vm": "web"}]), check_mode=True, clock=clock)
+    assert state.changed and state.after.moves[0].state == RUNNING
+    assert file_bytes(path) == before
+
+
+def test_ensure_in_check_mode_accepts_a_directory_not_made_yet(tmp_path, clock):
+    path = str(tmp_path / "later" / "m.json")
+    state = ensure_manifest(path, "evacuate", Updates(), check_mode=True, clock=clock)
+    assert state.changed
+    assert not os.path.exists(str(tmp_path / "later"))
+
+
+def test_ensure_reports_a_missing_directory(tmp_path, clock):
+    path = str(tmp_path / "later" / "m.json")
+    with pytest.raises(ManifestError, match="its directory %s does not exist" % re.escape(str(tmp_path / "later"))):
+        ensure_manifest(path, "evacuate", Updates(), clock=clock)
+
+
+def test_ensure_writes_nothing_when_an_update_fails(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"), ("db", "hv1", "hv3"))), clock=clock)
+    before = file_bytes(path)
+    with pytest.raises(ManifestError, match=re.escape("started[1]")):
+        ensure_manifest(path, "evacuate", Updates(started=[{"vm": "web"}, {"vm": "mail"}]), clock=clock)
+    assert file_bytes(path) == before
+
+
+def test_a_whole_wave_recorded_twice_changes_nothing_the_second_time(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    steps = [
+        Updates(plan=wave(("web", "hv1", "hv2"))),
+        Updates(started=wave(("web", "hv1", "hv2"))),
+        Updates(started=[{"vm": "web", "job_id": "j1.1"}]),
+        Updates(finished=[{"vm": "web", "result": MIGRATED}]),
+    ]
+    for updates in steps:
+        assert ensure_manifest(path, "evacuate", updates, clock=clock).changed
+        assert not ensure_manifest(path, "evacuate", updates, clock=clock).changed
+    # The rerun of the whole workflow: the VM is where the move put it and the planner has nothing left.
+    assert not ensure_manifest(path, "evacuate", Updates(where={"web": "hv2"}, plan=[]), clock=clock).changed
+    move = load_manifest(path, "evacuate").moves[0]
+    assert (move.state, move.job_id, move.attempt, move.result) == (DONE, "j1.1", 1, "migrated")
+
+
+def test_an_interrupted_wave_is_resumed_from_the_manifest(tmp_path, clock):
+    path = str(tmp_path / "m.json")
+    ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"), ("db", "hv1", "hv3"))), clock=clock)
+    ensure_manifest(path, "evacuate", Updates(started=[{"vm": "web", "job_id": "j1.1"}, {"vm": "db"}]), clock=clock)
+    # Killed here. The rerun waits for job j1.1 (running says so), records it, then settles db from where it runs.
+    state = ensure_manifest(path, "evacuate", Updates(), clock=clock)
+    assert manifest_view(state.after)["running"] == [
+        {"vm": "web", "uuid": None, "from": "hv1", "to": "hv2", "job_id": "j1.1"},
+        {"vm": "db", "uuid": None, "from": "hv1", "to": "hv3", "job_id": None},
+    ]
+    ensure_manifest(path, "evacuate", Updates(finished=[{"vm": "web", "result": MIGRATED}]), clock=clock)
+    state = ensure_manifest(path, "evacuate", Updates(where={"web": "hv2", "db": "hv1"},
+                                                      plan=wave(("db", "hv1", "hv3"))), clock=clock)
+    view = manifest_view(state.after)
+    assert view["pending"] == [{"vm": "db", "uuid": None, "from": "hv1", "to": "hv3"}]
+    assert view["running"] == []
+
+
+# --- manifest_view ---------------------------------------------------------------------------
+
+def test_manifest_view(clock):
+    manifest = started(clock, ("web", "hv1", "hv2", "u-web"), ("db", "hv3", "hv2"), ("cache", "hv1", "hv3"),
+                       ("mail", "hv1", "hv2"), ("dns", "hv1", "hv3"))
+    manifest = mark_done(manifest, "web", clock=clock)
+    manifest = mark_done(manifest, "db", clock=clock)
+    manifest = mark_running(manifest, "cache", job_id="j1.1", clock=clock)
+    manifest = mark_failed(manifest, "mail", "stalled", clock=clock)
+    view = manifest_view(manifest)
+    assert view["manifest"] == manifest_to_dict(manifest)
+    assert view["pending"] == [{"vm": "dns", "uuid": None, "from": "hv1", "to": "hv3"}]
+    assert view["running"] == [{"vm": "cache", "uuid": None, "from": "hv1", "to": "hv3", "job_id": "j1.1"}]
+    assert view["counts"] == {PLANNED: 1, RUNNING: 1, DONE: 2, FAILED: 1, SKIPPED: 0}
+    assert view["returns_home"] == [
+        {"vm": "web", "uuid": "u-web", "from": "hv2", "to": "hv1"},
+        {"vm": "db", "uuid": None, "from": "hv2", "to": "hv3"},
+    ]
+    assert manifest_view(manifest, home_hosts=["hv3"])["returns_home"] == [
+        {"vm": "db", "uuid": None, "from": "hv2", "to": "hv3"}]

@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import threading
 import time
+import types
 
 import pytest
 
@@ -494,3 +498,169 @@ def test_no_resume_when_the_source_is_not_waiting_for_one():
     assert not outcome.completed
     assert [c for c in dom.calls if c[0] == "migrateToURI3"] == []
     assert run.timeline.events[-1]["note"] == "the source is not waiting for recovery"
+
+
+# ---- the progress file -------------------------------------------------------------
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_progress_file_holds_the_record_as_json(tmp_path):
+    path = str(tmp_path / "web1.json")
+    assert _migrate.write_progress_file(path, {"phase": "migrating", "percent": 12.5, "pass": None}) is True
+    assert read_json(path) == {"phase": "migrating", "percent": 12.5, "pass": None}
+    # Readable by a watcher running as another user.
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_progress_file_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):
+    path = str(tmp_path / "web1.json")
+    _migrate.write_progress_file(path, {"phase": "migrating", "detail": "x" * 10000})
+    _migrate.write_progress_file(path, {"phase": "done"})
+    assert read_json(path) == {"phase": "done"}
+    assert os.listdir(str(tmp_path)) == ["web1.json"]
+
+
+def test_a_reader_sees_the_old_record_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    path = str(tmp_path / "web1.json")
+    _migrate.write_progress_file(path, {"phase": "preparing"})
+    seen = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        # Just before the rename: the file still holds the old record, the new one waits whole beside it.
+        seen.append((read_json(target), read_json(source), os.path.dirname(source)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(_migrate.os, "replace", replace)
+    _migrate.write_progress_file(path, {"phase": "migrating"})
+    assert seen == [({"phase": "preparing"}, {"phase": "migrating"}, str(tmp_path))]
+    assert read_json(path) == {"phase": "migrating"}
+
+
+def test_a_record_that_cannot_be_written_is_ignored_and_leaves_no_temporary_file(tmp_path):
+    path = str(tmp_path / "web1.json")
+    _migrate.write_progress_file(path, {"phase": "preparing"})
+    assert _migrate.write_progress_file(path, {"phase": object()}) is False
+    assert os.listdir(str(tmp_path)) == ["web1.json"]
+    assert read_json(path) == {"phase": "preparing"}
+
+
+def test_a_failed_rename_is_ignored_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "web1.json")
+
+    def replace(_source, _target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_migrate.os, "replace", replace)
+    assert _migrate.write_progress_file(path, {"phase": "preparing"}) is False
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_directory_removed_meanwhile_is_ignored(tmp_path):
+    assert _migrate.write_progress_file(str(tmp_path / "gone" / "web1.json"), {"phase": "preparing"}) is False
+
+
+def test_check_progress_file_gives_the_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _migrate.check_progress_file("web1.json") == str(tmp_path / "web1.json")
+    assert _migrate.check_progress_file(str(tmp_path / "web1.json")) == str(tmp_path / "web1.json")
+
+
+def test_check_progress_file_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(_engine.MigrationError) as caught:
+        _migrate.check_progress_file(str(tmp_path / "missing" / "web1.json"))
+    assert caught.value.details["option"] == "progress_file"
+    assert str(caught.value).startswith("progress_file ")
+    assert "%s does not exist" % (tmp_path / "missing") in str(caught.value)
+
+
+def test_check_progress_file_refuses_a_directory(tmp_path):
+    with pytest.raises(_engine.MigrationError) as caught:
+        _migrate.check_progress_file(str(tmp_path))
+    assert caught.value.details["option"] == "progress_file"
+    assert "is a directory" in str(caught.value)
+
+
+def test_check_progress_file_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
+    # The tests may run as root, whom file modes do not stop: the access check is faked.
+    monkeypatch.setattr(_migrate.os, "access", lambda path, mode: path != str(tmp_path))
+    with pytest.raises(_engine.MigrationError) as caught:
+        _migrate.check_progress_file(str(tmp_path / "web1.json"))
+    assert caught.value.details["option"] == "progress_file"
+    assert "not writable" in str(caught.value)
+
+
+def progress_records(monkeypatch):
+    """Every record run_live_migration writes, in order (they are written too)."""
+    records = []
+    real_write = _migrate.write_progress_file
+
+    def write(path, record):
+        records.append(record)
+        return real_write(path, record)
+
+    monkeypatch.setattr(_migrate, "write_progress_file", write)
+    return records
+
+
+def run_with_progress(path, source_conn, destination_conn=None, check_mode=False):
+    return _migrate.run_live_migration(
+        FakeClient("qemu+tcp://127.0.0.11/system", source_conn), FakeClient(PEER, destination_conn or FakeConn()),
+        "web1", engine_options(), None, progress_file=path, check_mode=check_mode,
+    )
+
+
+def test_a_task_that_fails_leaves_failed_in_the_progress_file(tmp_path, monkeypatch):
+    records = progress_records(monkeypatch)
+    path = str(tmp_path / "web1.json")
+    broken = FakeConn(error=FakeLibvirtError("Cannot recv data: connection reset", 38))
+    with pytest.raises(_engine.MigrationError):
+        run_with_progress(path, broken)
+    assert [r["phase"] for r in records] == ["preparing", "failed"]
+    assert read_json(path)["phase"] == "failed"
+    assert os.listdir(str(tmp_path)) == ["web1.json"]
+
+
+def test_a_bug_also_leaves_failed_and_is_not_disguised(tmp_path):
+    path = str(tmp_path / "web1.json")
+    with pytest.raises(RuntimeError):
+        run_with_progress(path, FakeConn(error=RuntimeError("a bug")))
+    assert read_json(path)["phase"] == "failed"
+
+
+def test_check_mode_writes_no_progress(tmp_path):
+    broken = FakeConn(error=FakeLibvirtError("Cannot recv data: connection reset", 38))
+    with pytest.raises(_engine.MigrationError):
+        run_with_progress(str(tmp_path / "web1.json"), broken, check_mode=True)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_domain_already_on_the_destination_goes_from_preparing_to_done(tmp_path, monkeypatch):
+    records = progress_records(monkeypatch)
+    monkeypatch.setattr(_migrate._Run, "measure", lambda self: (None, types.SimpleNamespace(already_migrated=True)))
+    path = str(tmp_path / "web1.json")
+    result = run_with_progress(path, FakeConn(), FakeConn({"web1": FakePlacedDomain(1, 1, True)}))
+    assert result["already_migrated"] is True
+    assert [r["phase"] for r in records] == ["preparing", "done"]
+    assert read_json(path)["domain"] == "web1"
+
+
+def test_verifying_carries_the_figures_of_the_completed_job():
+    records = []
+    run = _migrate._Run(
+        FakeClient("qemu+tcp://127.0.0.11/system", FakeConn()),
+        FakeClient(PEER, FakeConn({"web1": FakePlacedDomain(1, 1, True)})),
+        "web1", engine_options(), None, True, _migrate.CompactionSettings(), None, 0, time.monotonic, time.sleep,
+        records.append,
+    )
+    completed = {"type": 3, "time_elapsed": 900, "memory_processed": 64 * MIB, "memory_total": 256 * MIB,
+                 "memory_iteration": 3}
+    run.finish_success(completed, None, compacted=False)
+    assert [r["phase"] for r in records] == ["verifying"]
+    assert {key: records[0][key] for key in ("percent", "remaining_mib", "transferred_mib", "pass")} == {
+        "percent": 100.0, "remaining_mib": 0.0, "transferred_mib": 64.0, "pass": 3,
+    }

@@ -1,0 +1,260 @@
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Plain-data steps of the workflow roles (evacuate, rebalance, maintenance_window).
+
+This module is internal to the strata.migration collection. It is not a public
+API and may change without notice.
+
+The roles call these through the collection's filter plugin (plugins/filter/
+workflow.py): they turn inventory variables, module results and the manifest
+into the next task's input. Everything is pure; nothing here talks to libvirt.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+Data = t.Dict[str, t.Any]
+
+# Inventory variables a hypervisor may set, and the cluster_info option each feeds.
+_HOST_VARIABLES = (
+    ("strata_memory_capacity_mib", "memory_capacity_mib"),
+    ("strata_memory_reserve_mib", "reserve_mib"),
+)
+
+# The keys migration_plan accepts; cluster_info returns more.
+_PLANNER_HOST_KEYS = ("name", "memory_capacity_mib", "reserve_mib", "cpus")
+_PLANNER_VM_KEYS = ("name", "uuid", "host", "memory_mib", "vcpus", "pinned")
+
+
+class WorkflowError(ValueError):
+    """The input of a workflow step is not what the roles expect."""
+
+
+def host_list(value: t.Any, option: str = "hosts") -> t.List[str]:
+    """Return a list of host names from a list or a comma-separated string (AWX surveys, -e)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+        return [name.strip() for name in value if name.strip()]
+    raise WorkflowError("%s must be a list of host names or a comma-separated string, got %r." % (option, value))
+
+
+def _whole_mib(host: str, variable: str, value: t.Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise WorkflowError("Host %s: %s must be a whole number of MiB, got %r." % (host, variable, value)) from None
+
+
+def cluster_hosts(names: t.Sequence[str], hostvars: t.Mapping[str, t.Mapping[str, t.Any]]) -> t.List[Data]:
+    """Return the `hosts` option of cluster_info for the inventory hosts `names`."""
+    hosts = []
+    for name in names:
+        # Ansible's hostvars answers an unknown host with an undefined value, not None: ask with `in`.
+        if name not in hostvars:
+            raise WorkflowError("Host %s is not in the inventory." % name)
+        facts = hostvars[name]
+        if not facts.get("strata_libvirt_uri"):
+            raise WorkflowError("Host %s has no strata_libvirt_uri in the inventory." % name)
+        host: Data = {"name": name, "uri": facts["strata_libvirt_uri"]}
+        for variable, option in _HOST_VARIABLES:
+            if facts.get(variable) not in (None, ""):
+                host[option] = _whole_mib(name, variable, facts[variable])
+        hosts.append(host)
+    return hosts
+
+
+def migrate_uris(names: t.Sequence[str], hostvars: t.Mapping[str, t.Mapping[str, t.Any]]) -> t.Dict[str, str]:
+    """Return `tcp://<strata_migration_address>` per host that sets it (the migration data channel)."""
+    return {
+        name: "tcp://%s" % hostvars[name]["strata_migration_address"]
+        for name in names
+        if name in hostvars and hostvars[name].get("strata_migration_address")
+    }
+
+
+def planner_hosts(hosts: t.Sequence[t.Mapping[str, t.Any]], excluded: t.Iterable[str] = ()) -> t.List[Data]:
+    """Return cluster_info's hosts in migration_plan's terms, marking `excluded` hosts."""
+    excluded_names = set(excluded)
+    return [
+        dict({key: host[key] for key in _PLANNER_HOST_KEYS if key in host}, excluded=host["name"] in excluded_names)
+        for host in hosts
+    ]
+
+
+def planner_vms(vms: t.Sequence[t.Mapping[str, t.Any]], recently_moved: t.Iterable[str] = ()) -> t.List[Data]:
+    """Return cluster_info's VMs in migration_plan's terms; `recently_moved` names VMs to mark so."""
+    recent = set(recently_moved)
+    result = []
+    for vm in vms:
+        entry = {key: vm[key] for key in _PLANNER_VM_KEYS if key in vm}
+        entry["pinned"] = entry.get("pinned") or False
+        if vm.get("anti_affinity_group"):
+            entry["anti_affinity_group"] = vm["anti_affinity_group"]
+        if vm["name"] in recent:
+            entry["recently_moved"] = True
+        result.append(entry)
+    return result
+
+
+def recently_moved(moves: t.Sequence[t.Mapping[str, t.Any]], since: str) -> t.List[str]:
+    """Return the VMs with a done move in the manifest that ended at or after `since` (ISO 8601 UTC)."""
+    # The manifest writes times as YYYY-MM-DDTHH:MM:SSZ, which sort as text.
+    return sorted({move["vm"] for move in moves if move.get("state") == "done" and (move.get("ended_at") or "") >= since})
+
+
+def _label(move: t.Mapping[str, t.Any]) -> str:
+    return "%s %s -> %s" % (move["vm"], move["from"], move["to"])
+
+
+def wave_jobs(started: t.Sequence[t.Mapping[str, t.Any]], progress_dir: str) -> t.List[Data]:
+    """Return the jobs of a wave from the results of its async live_migrate loop (`item` is the move)."""
+    jobs = []
+    for result in started:
+        move = result["item"]
+        if "ansible_job_id" not in result:
+            raise WorkflowError("The migration of %s did not start: %s" % (move["vm"], result.get("msg", "no job id")))
+        jobs.append({
+            "vm": move["vm"],
+            "uuid": move.get("uuid"),
+            "from": move["from"],
+            "to": move["to"],
+            "jid": result["ansible_job_id"],
+            "label": _label(move),
+            "progress_file": "%s/%s.json" % (progress_dir, move["vm"]),
+        })
+    return jobs
+
+
+def interrupted_jobs(running: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[Data]:
+    """Return the jobs the manifest records as running with a job id, left by an interrupted run."""
+    return [
+        {
+            "vm": move["vm"],
+            "uuid": move.get("uuid"),
+            "from": move["from"],
+            "to": move["to"],
+            "jid": move["job_id"],
+            "label": "%s (left running by an interrupted run)" % _label(move),
+        }
+        for move in running
+        if move.get("job_id")
+    ]
+
+
+def wait_jobs(jobs: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[Data]:
+    """Return migration_wait's `jobs` option."""
+    return [
+        dict({"jid": job["jid"], "label": job["label"]},
+             **({"progress_file": job["progress_file"]} if job.get("progress_file") else {}))
+        for job in jobs
+    ]
+
+
+def started_moves(jobs: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[Data]:
+    """Return migration_manifest's `started` option: each move with its job id."""
+    return [{"vm": job["vm"], "uuid": job.get("uuid"), "job_id": job["jid"]} for job in jobs]
+
+
+def _pairs(jobs: t.Sequence[t.Mapping[str, t.Any]], waited: t.Mapping[str, t.Any]) -> t.List[t.Tuple[Data, Data]]:
+    outcomes = list(waited.get("jobs", []))
+    if len(outcomes) != len(jobs):
+        raise WorkflowError("migration_wait returned %d jobs for %d migrations." % (len(outcomes), len(jobs)))
+    return [(dict(job), dict(outcome)) for job, outcome in zip(jobs, outcomes)]
+
+
+def finished_moves(jobs: t.Sequence[t.Mapping[str, t.Any]], waited: t.Mapping[str, t.Any]) -> t.List[Data]:
+    """Return migration_manifest's `finished` option for the jobs that ended (not running, not unknown)."""
+    return [
+        {"vm": job["vm"], "uuid": job.get("uuid"), "result": outcome.get("result") or {}}
+        for job, outcome in _pairs(jobs, waited)
+        if outcome.get("status") in ("finished", "failed")
+    ]
+
+
+def move_results(jobs: t.Sequence[t.Mapping[str, t.Any]], waited: t.Mapping[str, t.Any]) -> t.List[Data]:
+    """Return one line of outcome per move: vm, from, to, status, msg, strategy."""
+    results = []
+    for job, outcome in _pairs(jobs, waited):
+        result = outcome.get("result") or {}
+        strategy = result.get("strategy")
+        results.append({
+            "vm": job["vm"],
+            "from": job["from"],
+            "to": job["to"],
+            "status": outcome.get("status"),
+            "msg": result.get("msg") or outcome.get("msg") or "",
+            "strategy": strategy.get("name") if isinstance(strategy, t.Mapping) else strategy,
+        })
+    return results
+
+
+def plan_lines(plan: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Return the plan as lines for the play's output."""
+    lines = [plan.get("summary", "")]
+    if plan.get("mode") == "rebalance":
+        lines.append("memory spread: %s%% now, %s%% after the plan, threshold %s%%" % (
+            plan.get("spread_before_percent"), plan.get("spread_after_percent"), plan.get("spread_threshold_percent")))
+    for move in plan.get("moves", []):
+        lines.append("wave %s: %s %s -> %s (%s MiB, about %s s)" % (
+            move["wave"], move["vm"], move["from"], move["to"], move["memory_mib"], move["estimated_s"]))
+    for vm in list(plan.get("unplaceable", [])) + list(plan.get("not_moved", [])):
+        lines.append("stays: %s on %s (%s)" % (vm["vm"], vm["host"], vm["reason"]))
+    return lines
+
+
+def evacuation_remaining(
+    plan: t.Mapping[str, t.Any],
+    results: t.Sequence[t.Mapping[str, t.Any]],
+    vms: t.Sequence[t.Mapping[str, t.Any]],
+    hosts: t.Sequence[str],
+    check_mode: bool = False,
+) -> t.List[Data]:
+    """Return the VMs that stay on the evacuated `hosts`, each `{vm, host, reason}`.
+
+    In check mode, what the plan leaves there; otherwise what runs there now
+    (`vms` from a fresh cluster_info), with the reason from the plan or from
+    the failed migration.
+    """
+    planned_to_stay = list(plan.get("unplaceable", [])) + list(plan.get("not_moved", []))
+    if check_mode:
+        return [{"vm": vm["vm"], "host": vm["host"], "reason": vm["reason"]} for vm in planned_to_stay]
+    reasons = {vm["vm"]: vm["reason"] for vm in planned_to_stay}
+    for result in results:
+        if result.get("status") != "finished":
+            reasons[result["vm"]] = "migration to %s %s: %s" % (
+                result["to"], "did not end in time" if result.get("status") == "running" else "failed",
+                result.get("msg") or "no message")
+    return [
+        {"vm": vm["name"], "host": vm["host"], "reason": reasons.get(vm["name"], "still running there")}
+        for vm in vms
+        if vm["host"] in hosts
+    ]
+
+
+def return_waves(returns: t.Sequence[t.Mapping[str, t.Any]], per_host: int) -> t.List[Data]:
+    """Put the moves home into waves: all go into one host, so at most `per_host` per wave."""
+    try:
+        per_wave = int(per_host)
+    except (TypeError, ValueError):
+        per_wave = 0
+    if per_wave < 1:
+        raise WorkflowError("max_parallel_per_host must be a whole number of at least 1, got %r." % (per_host,))
+    return [dict(move, wave=index // per_wave + 1) for index, move in enumerate(returns)]
+
+
+def window_table(hosts: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
+    """Return the maintenance window's per-host report as the lines of a table."""
+    row = "%-10s %-30s %9s %-11s %8s %9s"
+    lines = [row % ("host", "result", "evacuated", "maintenance", "returned", "time (s)")]
+    for host in hosts:
+        lines.append(row % (host["host"], host["result"], host["evacuated"], host["maintenance"], host["returned"],
+                            "%.1f" % float(host["duration_s"])))
+        if host.get("detail"):
+            lines.append("%-10s %s" % ("", host["detail"]))
+    return lines
