@@ -97,6 +97,8 @@ class Manifest:
     workflow: str
     moves: t.Tuple[Move, ...] = ()
     version: int = MANIFEST_VERSION
+    # Hosts a maintenance window finished (evacuated, maintained, VMs home), with the time: a rerun skips them.
+    maintained: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _check_host(host: t.Any, role: str, vm: str) -> str:
@@ -166,6 +168,7 @@ def manifest_to_dict(manifest: Manifest) -> t.Dict[str, t.Any]:
             dict(dataclasses.asdict(move), figures=dict(move.figures))
             for move in manifest.moves
         ],
+        "maintained": dict(manifest.maintained),
     }
 
 
@@ -207,6 +210,10 @@ def manifest_from_dict(data: t.Any) -> Manifest:
             moves.append(_check_move(Move(**fields)))
         except ManifestError as exc:
             raise ManifestError("Move %d of the manifest: %s" % (index, exc)) from None
+    maintained = data.get("maintained") or {}
+    if not isinstance(maintained, dict) or not all(
+            isinstance(host, str) and isinstance(when, str) for host, when in maintained.items()):
+        raise ManifestError("The manifest's maintained hosts must map host names to times.")
     return Manifest(
         run_id=data["run_id"],
         created_at=data["created_at"],
@@ -214,6 +221,7 @@ def manifest_from_dict(data: t.Any) -> Manifest:
         workflow=data["workflow"],
         moves=tuple(moves),
         version=version,
+        maintained=dict(maintained),
     )
 
 
@@ -718,6 +726,7 @@ class Updates:
     skipped: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
     plan: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
     started: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None
+    maintained: t.Optional[t.Sequence[str]] = None
 
 
 def _item_error(option: str, index: int, msg: str, vm: t.Optional[str] = None) -> ManifestError:
@@ -840,7 +849,22 @@ def apply_updates(manifest: Manifest, updates: Updates, clock: Clock = utc_now) 
         manifest = _record_plan(manifest, updates.plan, clock)
     if updates.started is not None:
         manifest = _apply_each(manifest, "started", updates.started, _start_item, clock)
+    if updates.maintained:
+        manifest = mark_maintained(manifest, updates.maintained, clock)
     return manifest
+
+
+def mark_maintained(manifest: Manifest, hosts: t.Iterable[str], clock: Clock = utc_now) -> Manifest:
+    """Record `hosts` as finished by a maintenance window; a host already recorded keeps its time."""
+    new = [host for host in hosts if host not in manifest.maintained]
+    for host in new:
+        _check_host(host, "maintained", "-")
+    if not new:
+        return manifest
+    now = clock()
+    maintained = dict(manifest.maintained)
+    maintained.update((host, now) for host in new)
+    return dataclasses.replace(manifest, maintained=maintained, updated_at=now)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -883,9 +907,9 @@ def ensure_manifest(
             )
         current = before
     after = apply_updates(current, updates, clock=clock)
-    if after.moves == current.moves:
+    if after.moves == current.moves and after.maintained == current.maintained:
         after = current
-    changed = before is None or after.moves != before.moves
+    changed = before is None or after.moves != before.moves or after.maintained != before.maintained
     if changed and not check_mode:
         save_manifest(path, after)
     return ManifestState(changed=changed, before=before, after=after)
@@ -907,4 +931,5 @@ def manifest_view(manifest: Manifest, home_hosts: t.Optional[t.Iterable[str]] = 
         "running": [dict(move_summary(move), job_id=move.job_id) for move in manifest.moves if move.state == RUNNING],
         "returns_home": returns_home(manifest, hosts=home_hosts),
         "counts": counts,
+        "maintained": dict(manifest.maintained),
     }

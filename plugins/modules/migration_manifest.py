@@ -114,6 +114,12 @@ options:
       - Limits RV(returns_home) to VMs that first came from these hosts.
     type: list
     elements: str
+  maintained:
+    description:
+      - Hosts a maintenance window finished (evacuated, maintained, VMs brought home), recorded with the time so a
+        rerun with this manifest skips them. A host already recorded keeps its first time.
+    type: list
+    elements: str
 attributes:
   check_mode:
     description: Computes and returns the manifest as it would be, and writes nothing.
@@ -260,6 +266,11 @@ counts:
   returned: success
   type: dict
   sample: {planned: 1, running: 0, done: 3, failed: 1, skipped: 0}
+maintained:
+  description: Hosts a maintenance window finished, with the time each was recorded (ISO 8601 UTC).
+  returned: success
+  type: dict
+  sample: {hv1: "2026-11-25T03:40:00Z"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -299,6 +310,7 @@ ARGUMENT_SPEC = {
     "plan": {"type": "list", "elements": "dict"},
     "started": {"type": "list", "elements": "dict"},
     "home_hosts": {"type": "list", "elements": "str"},
+    "maintained": {"type": "list", "elements": "str"},
 }
 
 
@@ -316,6 +328,7 @@ def main() -> None:
         skipped=params["skipped"],
         plan=params["plan"],
         started=params["started"],
+        maintained=params["maintained"],
     )
     try:
         state = ensure_manifest(params["path"], params["workflow"], updates, check_mode=module.check_mode)

@@ -1170,3 +1170,23 @@ def test_manifest_view(clock):
     ]
     assert manifest_view(manifest, home_hosts=["hv3"])["returns_home"] == [
         {"vm": "db", "uuid": None, "from": "hv2", "to": "hv3"}]
+
+
+def test_maintained_hosts_are_recorded_once_with_their_first_time_and_survive_a_round_trip(tmp_path):
+    path = str(tmp_path / "window.json")
+    first = _manifest.ensure_manifest(path, "maintenance_window", _manifest.Updates(maintained=["hv1"]),
+                                      clock=lambda: "2026-11-25T03:00:00Z")
+    assert first.changed and first.after.maintained == {"hv1": "2026-11-25T03:00:00Z"}
+    again = _manifest.ensure_manifest(path, "maintenance_window", _manifest.Updates(maintained=["hv1"]),
+                                      clock=lambda: "2026-11-25T04:00:00Z")
+    assert not again.changed and again.after.maintained == {"hv1": "2026-11-25T03:00:00Z"}
+    more = _manifest.ensure_manifest(path, None, _manifest.Updates(maintained=["hv2"]),
+                                     clock=lambda: "2026-11-25T05:00:00Z")
+    assert more.changed
+    assert _manifest.read_manifest(path).maintained == {"hv1": "2026-11-25T03:00:00Z", "hv2": "2026-11-25T05:00:00Z"}
+
+
+def test_a_maintained_host_must_be_a_host_name():
+    manifest = _manifest.new_manifest("maintenance_window", clock=lambda: "t")
+    with pytest.raises(_manifest.ManifestError):
+        _manifest.mark_maintained(manifest, ["qemu+ssh://root:pw@hv1/system"])
