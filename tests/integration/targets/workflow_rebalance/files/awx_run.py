@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="run in check mode")
     args = parser.parse_args()
 
+    # AWX prepares the job's directory; ansible-runner fills it (env/, inventory/, artifacts/).
+    os.makedirs(args.private_data_dir, mode=0o700, exist_ok=True)
     with open(args.extravars, encoding="utf-8") as extravars_file:
         extravars = json.load(extravars_file)
     envvars = {
