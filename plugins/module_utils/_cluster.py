@@ -40,7 +40,11 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     uri_secrets,
     validate_uri,
 )
-from ansible_collections.strata.migration.plugins.module_utils._preflight import DiskPlacement, locate_disks
+from ansible_collections.strata.migration.plugins.module_utils._preflight import (
+    DiskPlacement,
+    host_device_findings,
+    locate_disks,
+)
 
 # The placement hints a domain carries in its <metadata>, so they move with it:
 #   <strata:migration xmlns:strata="...migration/1">
@@ -272,13 +276,9 @@ def local_disk_targets(disks: t.Sequence[DiskFacts], placements: t.Iterable[t.Se
 
 
 def has_blocking_host_device(facts: DomainFacts) -> bool:
-    """True for the host devices the pre-flight's devices check refuses.
-
-    USB host devices only warn there (they may be plugged into the destination too).
-    """
-    if any(not (hostdev.mode == "subsystem" and hostdev.type == "usb") for hostdev in facts.hostdevs):
-        return True
-    return any(interface.type in ("hostdev", "vdpa") for interface in facts.interfaces)
+    """True for the host devices the pre-flight's devices check refuses (USB devices only warn there)."""
+    blockers, _cautions = host_device_findings(facts)
+    return bool(blockers)
 
 
 def pinned_value(copy: ActiveCopy, running_on: t.Sequence[str] = ()) -> t.Union[bool, str]:

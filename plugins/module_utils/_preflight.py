@@ -781,20 +781,28 @@ def check_networks(data: PreflightData, options: PreflightOptions) -> Finding:
     return Finding("networks", PASS, "present and active on the destination: %s" % ", ".join(used))
 
 
+def host_device_findings(domain: DomainFacts) -> t.Tuple[t.List[str], t.List[str]]:
+    """The domain's host devices that block a migration, and those that only need care (USB)."""
+    blockers: t.List[str] = []
+    cautions: t.List[str] = []
+    for hostdev in domain.hostdevs:
+        what = "host device %s %s" % (hostdev.type or "?", hostdev.address or "")
+        if hostdev.mode == "subsystem" and hostdev.type == "usb":
+            cautions.append("%s must be plugged into the destination too" % what.strip())
+        else:
+            blockers.append("%s (mode %s)" % (what.strip(), hostdev.mode))
+    for interface in domain.interfaces:
+        if interface.type in _DEVICE_INTERFACE_TYPES:
+            blockers.append("interface type '%s' %s" % (interface.type, interface.source or ""))
+    return blockers, cautions
+
+
 def check_devices(data: PreflightData, options: PreflightOptions) -> Finding:
     domain = data.domain
     blockers: t.List[str] = []
     cautions: t.List[str] = []
     if domain is not None:
-        for hostdev in domain.hostdevs:
-            what = "host device %s %s" % (hostdev.type or "?", hostdev.address or "")
-            if hostdev.mode == "subsystem" and hostdev.type == "usb":
-                cautions.append("%s must be plugged into the destination too" % what.strip())
-            else:
-                blockers.append("%s (mode %s)" % (what.strip(), hostdev.mode))
-        for interface in domain.interfaces:
-            if interface.type in _DEVICE_INTERFACE_TYPES:
-                blockers.append("interface type '%s' %s" % (interface.type, interface.source or ""))
+        blockers, cautions = host_device_findings(domain)
     if data.snapshot_count:
         blockers.append("%d snapshot(s): libvirt does not migrate domains with snapshots" % data.snapshot_count)
     if data.xml.invtsc_without_frequency:
