@@ -250,6 +250,7 @@ plan:
       sample: 4096
     used_mib:
       description: The guest's working set in MiB. Only with O(state=compacted).
+      returned: when state=compacted
       type: int
       sample: 1100
     used_source:
@@ -257,18 +258,21 @@ plan:
         The statistic the working set was computed from. V(usable) actual minus the memory the guest could use
         without swapping; V(unused) actual minus the guest's free memory, for guests that do not report V(usable).
         Only with O(state=compacted).
+      returned: when state=compacted
       type: str
       choices: [usable, unused]
       sample: usable
     headroom_mib:
       description: Memory left above the working set in MiB, the larger of O(headroom_mib) and O(headroom_percent).
         Only with O(state=compacted).
+      returned: when state=compacted
       type: int
       sample: 110
     limited_by:
       description: >-
         What set the target. V(working_set) the working set plus headroom; V(min_memory) O(min_memory_mib);
         V(current) the current size (the working set plus headroom is not smaller). Only with O(state=compacted).
+      returned: when state=compacted
       type: str
       choices: [working_set, min_memory, current]
       sample: working_set
@@ -276,11 +280,13 @@ plan:
       description: >-
         Where the restored size came from. V(size_mib) the option; V(recorded) the compaction record; V(maximum) the
         domain's maximum memory. Only with O(state=restored).
+      returned: when state=restored
       type: str
       choices: [size_mib, recorded, maximum]
       sample: recorded
     memory_max_mib:
       description: The domain's maximum memory in MiB. Only with O(state=restored).
+      returned: when state=restored
       type: int
       sample: 4096
     target_mib:

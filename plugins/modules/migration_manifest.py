@@ -240,6 +240,10 @@ manifest:
         job_id:
           description: The async job of the latest attempt, or V(null).
           type: str
+    maintained:
+      description: Hosts a maintenance window finished, with the time each was recorded (ISO 8601 UTC).
+      type: dict
+      sample: {hv1: "2026-11-25T03:40:00Z"}
 pending:
   description: The planned moves, in order, ready to feed M(strata.migration.live_migrate) tasks.
   returned: success

@@ -341,7 +341,7 @@ prediction:
               type: str
         zero_page_mib:
           description: The rest of the guest's maximum memory (unused or ballooned out), sent as zero pages.
-          type: int
+          type: float
         dirty_rate_mibps:
           description: Measured dirty-page rate, in MiB/s.
           type: float
