@@ -29,6 +29,25 @@ pip_bootstrap="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
 [[ -e "$pip_bootstrap" ]] || install -D -m 0644 tests/sanity/pip_bootstrap.py "$pip_bootstrap"
 (cd "$stage" && ansible-test sanity --venv --python 3.11 --color no 2>&1) | tee "$results/sanity.log"
 
+echo "=== ecosystem checks (lint, generated reference, changelog, execution environment)"
+: > "$results/ecosystem.txt"
+# Each check runs on the staged collection; its log is kept and its tail shown when it fails.
+ecosystem_check() {
+  local name="$1"; shift
+  if (cd "$stage" && "$@") > "$results/ecosystem-$name.log" 2>&1; then
+    echo "PASS $name" >> "$results/ecosystem.txt"
+  else
+    echo "FAIL $name" >> "$results/ecosystem.txt"
+    tail -n 30 "$results/ecosystem-$name.log"
+  fi
+}
+ecosystem_check sanity-ignores-empty bash -c '! grep -s -v "^$" tests/sanity/ignore-*.txt'
+ecosystem_check ansible-lint ansible-lint --offline --profile production roles playbooks
+ecosystem_check collection-docs bash tests/ecosystem/reference.sh --check
+ecosystem_check changelog bash tests/ecosystem/changelog.sh
+ecosystem_check execution-environment bash tests/ecosystem/execution_environment.sh
+cat "$results/ecosystem.txt"
+
 echo "=== integration tests on the lab"
 if "$root/lab/strata-lab" up; then
   cp "$lab_dir/integration_config.yml" "$stage/tests/integration/integration_config.yml"

@@ -1,4 +1,4 @@
-"""Count what `make test` ran: pytest's JUnit files, ansible-test's log, the integration and benchmark lists.
+"""Count what `make test` ran: pytest's JUnit files, ansible-test's log, the ecosystem, integration and benchmark lists.
 
 Prints one line per stage and a last line `total: N passed, N failed`; exits 1 when anything
 failed or a stage ran nothing.
@@ -54,6 +54,7 @@ def main(results: Path) -> int:
     for stage, counts in (
         ("unit", junit_counts(results / "unit.xml")),
         ("sanity", sanity_counts(results)),
+        ("ecosystem", outcome_counts(results / "ecosystem.txt")),
         ("integration", outcome_counts(results / "integration.txt")),
         ("benchmark smoke", outcome_counts(results / "benchmark.txt")),
         ("lab", junit_counts(results / "lab.xml")),
