@@ -634,7 +634,8 @@ def ensure_compacted(
             raise BalloonStatsError(
                 "cannot compact the memory of domain '%s' on %s: its balloon reports no guest statistics "
                 "(statistics period 0), and compaction needs the guest's memory use; enable them with "
-                "`virsh dommemstat %s --period 1 --live`, or set enable_stats: true"
+                "`virsh dommemstat %s --period 1 --live`, or set enable_stats: true in memory_compact (in "
+                "live_migrate, compact: false migrates without compaction)"
                 % (balloon.name, balloon.where, balloon.name),
                 domain=balloon.name,
                 host=balloon.hostname,

@@ -684,8 +684,12 @@ def run_live_migration(
         try:
             result = run.run(check_mode)
         except LibvirtError as exc:
-            raise run.fail("live migration of domain '%s': libvirt: %s" % (name, describe_libvirt_error(exc)),
-                           libvirt_error_code=libvirt_error_code(exc)) from exc
+            raise run.fail(
+                "live migration of domain '%s' stopped on a libvirt error: %s; its timeline shows the last step "
+                "taken (after a 'complete' event the domain runs on the destination); run the task again once "
+                "libvirt answers" % (name, describe_libvirt_error(exc)),
+                libvirt_error_code=libvirt_error_code(exc),
+            ) from exc
     except BaseException:
         # Whatever ends the task early, the watcher must not be left reading a phase that will never change.
         if run.progress.started:

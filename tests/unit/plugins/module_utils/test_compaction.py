@@ -454,7 +454,8 @@ def test_compaction_refuses_without_stats_and_says_how_to_enable_them(balloon):
         run(ensure_compacted, dom)
     message = str(caught.value)
     assert "virsh dommemstat web1 --period 1 --live" in message
-    assert "enable_stats: true" in message
+    assert "enable_stats: true in memory_compact" in message
+    assert "in live_migrate, compact: false migrates without compaction" in message
     assert caught.value.details["option"] == "enable_stats"
     assert dom.calls == []
 

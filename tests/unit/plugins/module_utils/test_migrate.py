@@ -625,6 +625,18 @@ def test_a_task_that_fails_leaves_failed_in_the_progress_file(tmp_path, monkeypa
     assert os.listdir(str(tmp_path)) == ["web1.json"]
 
 
+def test_a_libvirt_error_names_the_domain_the_cause_and_what_to_do(tmp_path):
+    broken = FakeConn(error=FakeLibvirtError("Cannot recv data: connection reset", 38))
+    with pytest.raises(_engine.MigrationError) as caught:
+        run_with_progress(str(tmp_path / "web1.json"), broken)
+    message = str(caught.value)
+    assert message.startswith("live migration of domain 'web1' stopped on a libvirt error: Cannot recv data")
+    assert "its timeline shows the last step taken" in message
+    assert message.endswith("run the task again once libvirt answers")
+    assert caught.value.details["libvirt_error_code"] == 38
+    assert caught.value.details["timeline"] == []
+
+
 def test_a_bug_also_leaves_failed_and_is_not_disguised(tmp_path):
     path = str(tmp_path / "web1.json")
     with pytest.raises(RuntimeError):
