@@ -107,7 +107,8 @@ options:
   dest_in_maintenance:
     description:
       - The destination is under maintenance; the V(maintenance) check fails.
-      - The workflow roles pass the host variable C(strata_maintenance) of the destination here.
+      - The workflow roles do not use it; they keep VMs off hosts under maintenance by leaving them out of the
+        plan (their C(*_excluded_hosts) variables, or the host being evacuated).
     type: bool
     default: false
   measure_dirty_rate_s:
