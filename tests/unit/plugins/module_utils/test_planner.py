@@ -17,6 +17,7 @@ import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import MigrationInputs, choose_strategy
 from ansible_collections.strata.migration.plugins.module_utils._planner import (
+    DEFAULT_MOVE_OVERHEAD_S,
     PlanError,
     PlanOptions,
     VmSpec,
@@ -53,10 +54,10 @@ def after_moves(vms: t.List[t.Dict[str, t.Any]], plan: t.Dict[str, t.Any]) -> t.
 
 
 def estimate(memory_mib: float, dirty_rate_mibps: float = 0.0, bandwidth_mibps: float = 1000.0,
-             max_downtime_ms: float = 300.0) -> float:
+             max_downtime_ms: float = 300.0, overhead_s: float = DEFAULT_MOVE_OVERHEAD_S) -> float:
     inputs = MigrationInputs(memory_mib=memory_mib, dirty_rate_mibps=dirty_rate_mibps,
                              bandwidth_mibps=bandwidth_mibps, max_downtime_ms=max_downtime_ms)
-    return choose_strategy(inputs, allow_postcopy=False)[0].total_s
+    return overhead_s + choose_strategy(inputs, allow_postcopy=False)[0].total_s
 
 
 def skewed_cluster(seed: int, hosts: int = 6, per_host: int = 6) -> t.Tuple[list, list]:
@@ -308,6 +309,33 @@ def test_wave_time_is_its_longest_move():
     plan = evacuate(hosts, [vm("x", "a", 4000), vm("y", "b", 1000)], "a", "b")
     assert plan["waves"] == [["x", "y"]]
     assert plan["estimated_total_s"] == round(estimate(4000), 1)
+
+
+def test_each_move_costs_its_overhead_besides_the_copy():
+    hosts = [host("a"), host("b"), host("c")]
+    vms = [vm("x", "a", 1000), vm("y", "a", 1000)]
+    copy_only = evacuate(hosts, vms, "a", move_overhead_s=0)
+    slow_setup = evacuate(hosts, vms, "a", move_overhead_s=10)
+    assert [move["estimated_s"] for move in copy_only["moves"]] == [round(estimate(1000, overhead_s=0), 1)] * 2
+    assert [move["estimated_s"] for move in slow_setup["moves"]] == [round(estimate(1000, overhead_s=10), 1)] * 2
+    # One move out of a at a time: two waves, each paying the overhead.
+    assert len(slow_setup["waves"]) == 2
+    assert slow_setup["estimated_total_s"] == round(copy_only["estimated_total_s"] + 20, 1)
+
+
+def test_the_overhead_can_make_a_small_move_miss_its_window():
+    copy_s = estimate(128, overhead_s=0)
+    assert copy_s < 2
+    window = {"window_s": copy_s + 2}
+    assert evacuate([host("a"), host("b")], [vm("x", "a", 128)], "a", move_overhead_s=0, **window)["fits_window"]
+    assert evacuate([host("a"), host("b")], [vm("x", "a", 128)], "a", **window)["fits_window"] is False
+
+
+def test_a_negative_overhead_is_refused():
+    with pytest.raises(PlanError) as caught:
+        evacuate([host("a"), host("b")], [vm("x", "a", 128)], "a", move_overhead_s=-1)
+    assert caught.value.option == "move_overhead_s"
+    assert "move_overhead_s must be at least 0" in str(caught.value)
 
 
 @pytest.mark.parametrize("window_s, fits", [(None, None), (1000.0, True), (1.0, False)])
