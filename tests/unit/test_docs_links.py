@@ -61,7 +61,7 @@ def test_the_guides_exist():
 def test_relative_links_lead_somewhere(guide: Path):
     dead = []
     for number, target in links(guide):
-        path_part, _, anchor = target.partition("#")
+        path_part, _separator, anchor = target.partition("#")
         destination = (guide.parent / path_part).resolve() if path_part else guide
         if not destination.exists():
             dead.append(f"{guide.name}:{number}: {target} (no such file)")
