@@ -1,7 +1,9 @@
 """strata-lab: a multi-host libvirt lab on one machine.
 
     strata-lab deps                        install the Debian packages the lab needs
-    strata-lab up [--hosts 3]              start the hosts (idempotent), write the inventory
+    strata-lab up [--hosts 3] [--transport ssh]
+                                           start the hosts (idempotent), write the inventory whose
+                                           URIs use this transport (ssh, tls or tcp; every host has all)
     strata-lab status                      hosts, their URIs and guests
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
                                            [--anti-affinity GROUP] [--pinned REASON]
@@ -10,6 +12,8 @@
     strata-lab network create NAME --host hv1   an isolated network on one host only
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
     strata-lab host start hv2              restart a killed host, taking back its running guests
+    strata-lab host sshd-stop hv2          SIGSTOP the host's sshd: new ssh connections hang
+    strata-lab host sshd-cont hv2          let it go on
     strata-lab down [--purge]              stop every lab process; --purge forgets guests
 """
 from __future__ import annotations
@@ -20,7 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import guests, hosts, packages
+import signal
+
+from . import guests, hosts, packages, transports
 from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, LabError, LabState, make_host_spec
 from .image import build_image
 
@@ -48,9 +54,12 @@ def cmd_up(args: argparse.Namespace) -> None:
         ],
         kernel=str(image.kernel),
         initrd=str(image.initrd),
+        transport=args.transport,
     )
     _stop_surplus_hosts(lab_dir, state)
     state.save()
+    transports.ensure_ssh(state)
+    transports.ensure_pki(state)
     for host in state.hosts:
         if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {host.uri}")
@@ -88,7 +97,7 @@ def write_inventory(state: LabState) -> None:
             f"        {host.name}:",
             "          ansible_connection: local",
             "          ansible_python_interpreter: \"{{ ansible_playbook_python }}\"",
-            f"          strata_libvirt_uri: {host.uri}",
+            f"          strata_libvirt_uri: {transports.host_uri(state, host, state.transport)}",
             f"          strata_migration_address: {host.address}",
             f"          strata_memory_capacity_mib: {host.memory_capacity_mib}",
         ]
@@ -103,8 +112,17 @@ def write_inventory(state: LabState) -> None:
     config = {
         "strata_lab_dir": state.lab_dir,
         "strata_lab_tool": str(LAB_TOOL),
+        "strata_lab_transport": state.transport,
+        "strata_lab_ssh_dir": str(state.ssh_dir),
+        "strata_lab_pki_dir": str(state.pki_dir),
         "strata_lab_hosts": [
-            {"name": h.name, "uri": h.uri, "address": h.address, "memory_capacity_mib": h.memory_capacity_mib}
+            {
+                "name": h.name,
+                "uri": transports.host_uri(state, h, state.transport),
+                "uris": {name: transports.host_uri(state, h, name) for name in transports.TRANSPORTS},
+                "address": h.address,
+                "memory_capacity_mib": h.memory_capacity_mib,
+            }
             for h in state.hosts
         ],
     }
@@ -116,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     report = []
     for host in state.hosts:
         up = hosts.host_is_up(host)
-        entry = {"name": host.name, "uri": host.uri, "up": up, "guests": []}
+        entry = {"name": host.name, "uri": transports.host_uri(state, host, state.transport), "up": up, "guests": []}
         if up:
             entry["guests"] = guests.list_guests_on(host)
         report.append(entry)
@@ -164,6 +182,10 @@ def cmd_host(args: argparse.Namespace) -> None:
         killed = hosts.kill_host(host)
         print(json.dumps({"host": host.name, "killed_pids": killed, "changed": bool(killed)}))
         return
+    if args.host_command in ("sshd-stop", "sshd-cont"):
+        sig = signal.SIGSTOP if args.host_command == "sshd-stop" else signal.SIGCONT
+        print(json.dumps({"host": host.name, "sshd_pids": hosts.signal_sshd(host, sig), "changed": True}))
+        return
     if hosts.host_is_up(host):
         print(json.dumps({"host": host.name, "uri": host.uri, "changed": False}))
         return
@@ -208,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--capacity-mib", type=int, default=3072, help="memory capacity declared per host")
     up.add_argument(
         "--domain-type", choices=("qemu", "kvm"), default="qemu", help="qemu = TCG (default; nested KVM fails here)"
+    )
+    up.add_argument(
+        "--transport", choices=transports.TRANSPORTS, default="ssh",
+        help="how the inventory's URIs reach the hosts (default ssh; every host offers all three)",
     )
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show hosts and guests")
@@ -260,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     host_sub.add_parser(
         "start", help="start a killed host again; it reconnects to its running guests (no-op when it is up)"
     ).add_argument("name")
+    host_sub.add_parser("sshd-stop", help="SIGSTOP the host's sshd: new ssh connections to it hang").add_argument(
+        "name"
+    )
+    host_sub.add_parser("sshd-cont", help="continue a stopped sshd").add_argument("name")
     host.set_defaults(func=cmd_host)
     return parser
 

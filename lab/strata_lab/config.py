@@ -21,6 +21,9 @@ _FIRST_ADDRESS_OCTET = 11
 _MIGRATION_PORT_BASE = 50000
 _MIGRATION_PORTS_PER_HOST = 100
 LIBVIRTD_TCP_PORT = 16509
+LIBVIRTD_TLS_PORT = 16514
+# Each host's sshd listens on the standard port and on another, for URIs that name a port.
+SSH_PORTS = (22, 2222)
 # Directories libvirtd writes to; each host gets private copies bind-mounted over them.
 PRIVATE_DIRS = {
     "etc": "/etc/libvirt",
@@ -94,11 +97,21 @@ class LabState:
     hosts: list[HostSpec] = field(default_factory=list)
     kernel: str = ""
     initrd: str = ""
+    # How the inventory reaches the hosts: tcp, ssh or tls (every host offers all three).
+    transport: str = "ssh"
 
     @property
     def shared_pool_dir(self) -> Path:
         """Storage every lab host sees, as NFS would be: disks here are shared."""
         return Path(self.lab_dir) / "shared"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return Path(self.lab_dir) / "ssh"
+
+    @property
+    def pki_dir(self) -> Path:
+        return Path(self.lab_dir) / "pki"
 
     @property
     def consoles_dir(self) -> Path:
@@ -125,6 +138,11 @@ class LabState:
         data = json.loads(path.read_text())
         hosts = [HostSpec(**{**h, "cpu_models_missing": tuple(h.get("cpu_models_missing", ()))}) for h in data.pop("hosts")]
         return cls(hosts=hosts, **data)
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 class LabError(Exception):

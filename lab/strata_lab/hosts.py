@@ -12,7 +12,8 @@ import time
 import zlib
 from pathlib import Path
 
-from .config import LIBVIRTD_TCP_PORT, PRIVATE_DIRS, HostSpec, LabError
+from . import transports
+from .config import LIBVIRTD_TCP_PORT, PRIVATE_DIRS, HostSpec, LabError, write_if_changed
 
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
@@ -23,8 +24,8 @@ LAB_NETWORK = "labnet"
 def render_libvirtd_conf(host: HostSpec) -> str:
     return "\n".join(
         [
-            "# Written by strata-lab: one lab host, TCP on its own loopback address.",
-            "listen_tls = 0",
+            "# Written by strata-lab: one lab host, TCP and TLS on its own loopback address.",
+            *transports.libvirtd_tls_settings(host),
             "listen_tcp = 1",
             f'listen_addr = "{host.address}"',
             f'tcp_port = "{LIBVIRTD_TCP_PORT}"',
@@ -55,6 +56,7 @@ def render_qemu_conf(host: HostSpec) -> str:
             # All hosts share one cgroup tree; a migrating domain would collide with
             # its own source copy there, so the lab does not use cgroups.
             "cgroup_controllers = [ ]",
+            *transports.qemu_tls_settings(host),
             "",
         ]
     )
@@ -73,9 +75,9 @@ def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
     for key in PRIVATE_DIRS:
         host.private_dir(key).mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("etc")
-    _write_if_changed(etc / "libvirtd.conf", render_libvirtd_conf(host))
-    _write_if_changed(etc / "qemu.conf", render_qemu_conf(host))
-    _write_if_changed(host.etc_hosts, f"127.0.0.1 localhost\n{host.address} {host.name}\n")
+    write_if_changed(etc / "libvirtd.conf", render_libvirtd_conf(host))
+    write_if_changed(etc / "qemu.conf", render_qemu_conf(host))
+    write_if_changed(host.etc_hosts, f"127.0.0.1 localhost\n{host.address} {host.name}\n")
     # Stale sockets and pid files of a killed run would make libvirtd refuse to start.
     run = host.private_dir("run")
     for entry in run.iterdir():
@@ -169,11 +171,6 @@ def define_from_xml(uri: str, command: str, xml: str) -> None:
         Path(xml_file.name).unlink()
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-
-
 def _start_script(host: HostSpec) -> str:
     mounts = " && ".join(
         f"mkdir -p {target} && mount --bind {host.private_dir(key)} {target}"
@@ -184,7 +181,7 @@ def _start_script(host: HostSpec) -> str:
         mounts += f" && mount --bind {Path(host.root) / 'cpu_map'} {SYSTEM_CPU_MAP}"
     return (
         f"set -e; {mounts}; mount --bind {host.etc_hosts} /etc/hosts; hostname {host.name}; "
-        f"exec libvirtd --listen --pid-file {host.pid_file} "
+        f"{transports.sshd_start_command(host)}; exec libvirtd --listen --pid-file {host.pid_file} "
         f"--config {PRIVATE_DIRS['etc']}/libvirtd.conf"
     )
 
@@ -213,6 +210,8 @@ def start_host(host: HostSpec, keep_running: bool = False) -> int:
     for target in PRIVATE_DIRS.values():
         # Mount points must exist on the real filesystem before the bind mounts.
         Path(target).mkdir(parents=True, exist_ok=True)
+    # An sshd of an earlier start would hold the ports the new one needs.
+    _kill_tree(transports.sshd_pids(host, _processes()))
     log = open(host.daemon_log, "ab")  # noqa: SIM115 - handed to the daemon
     try:
         proc = subprocess.Popen(
@@ -299,7 +298,7 @@ def _processes() -> list[tuple[int, list[str]]]:
 
 
 def host_is_up(host: HostSpec) -> bool:
-    return bool(libvirtd_pids(host)) and virsh_ok(host.uri)
+    return bool(libvirtd_pids(host)) and bool(transports.sshd_pids(host, _processes())) and virsh_ok(host.uri)
 
 
 def stop_host(host: HostSpec) -> None:
@@ -311,7 +310,7 @@ def stop_host(host: HostSpec) -> None:
         # Active networks outlive libvirtd; their bridges would stay on the machine.
         for network in virsh(host.uri, "net-list", "--name", check=False).split():
             virsh(host.uri, "net-destroy", network, check=False)
-    _kill_tree(pids)
+    _kill_tree(pids + transports.sshd_pids(host, _processes()))
     remove_stale_bridges(host)
     host.pid_file.unlink(missing_ok=True)
 
@@ -327,9 +326,19 @@ def kill_host(host: HostSpec) -> list[int]:
     return pids
 
 
+def signal_sshd(host: HostSpec, sig: int) -> list[int]:
+    """Send `sig` to the host's listening sshd (SIGSTOP: new ssh connections hang, as with a stalled sshd)."""
+    pids = transports.sshd_pids(host, _processes())
+    for pid in pids:
+        _signal(pid, sig)
+    return pids
+
+
 def _kill_tree(pids: list[int]) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
+        # A process a fault test stopped acts on SIGTERM only once continued.
+        _signal(pid, signal.SIGCONT)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)

@@ -15,6 +15,10 @@ LAB_PACKAGES = (
     "libc6-dev",
     # ss: the post-copy recovery test cuts a migration stream with `ss -K`.
     "iproute2",
+    # Each lab host runs its own sshd (qemu+ssh); certtool makes the lab's TLS certificates.
+    "openssh-server",
+    "openssh-client",
+    "gnutls-bin",
 )
 # Needed to build libvirt-python into the virtualenv, and by the sanity tests.
 BUILD_PACKAGES = ("libvirt-dev", "pkg-config", "python3-dev", "python3-venv", "git", "make", "shellcheck")

@@ -83,36 +83,53 @@ class LibvirtConnectError(StrataError):
     """Opening the connection failed or did not finish in time."""
 
 
+# URI parameters that name a private key or certificate files: their values are never shown.
+SECRET_URI_PARAMETERS = ("keyfile", "pkipath", "known_hosts")
+HIDDEN = "********"
+
+
+def _split_query(query: str) -> t.List[t.Tuple[str, str, str]]:
+    """(name, '=', value) for each `&`-separated parameter, as written."""
+    return [part.partition("=") for part in query.split("&")] if query else []
+
+
 def redact_uri(uri: str) -> str:
-    """Return `uri` without the password in its userinfo; everything else is kept."""
+    """Return `uri` without the password in its userinfo and without the values of key and certificate
+    parameters (SECRET_URI_PARAMETERS); everything else is kept."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
-    end = len(rest)
-    for stop in "/?#":
-        index = rest.find(stop)
-        if index != -1:
-            end = min(end, index)
-    netloc = rest[:end]
+    rest, hash_sign, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    slash = rest.find("/")
+    netloc, path = (rest, "") if slash == -1 else (rest[:slash], rest[slash:])
     userinfo, at, hostport = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return uri
-    user = userinfo.split(":", 1)[0]
-    return "%s://%s@%s%s" % (scheme, user, hostport, rest[end:])
+    if at and ":" in userinfo:
+        netloc = "%s@%s" % (userinfo.split(":", 1)[0], hostport)
+    parameters = [
+        (name, equals, HIDDEN if equals and unquote(name) in SECRET_URI_PARAMETERS else value)
+        for name, equals, value in _split_query(query)
+    ]
+    query = "&".join(name + equals + value for name, equals, value in parameters)
+    return "%s://%s%s%s%s%s%s" % (scheme, netloc, path, question, query, hash_sign, fragment)
 
 
 def uri_secrets(uri: str) -> t.List[str]:
-    """Return the secrets in `uri` (the userinfo password, raw and decoded) for no_log."""
+    """Return the secrets in `uri` for no_log: the userinfo password and the values of key and certificate
+    parameters, each raw and decoded."""
     try:
-        password = urlsplit(uri).password
+        parts = urlsplit(uri)
+        password = parts.password
     except ValueError:
         return []
-    if not password:
-        return []
-    secrets = [password]
-    decoded = unquote(password)
-    if decoded != password:
-        secrets.append(decoded)
+    found = [password] if password else []
+    found += [value for name, equals, value in _split_query(parts.query)
+              if equals and value and unquote(name) in SECRET_URI_PARAMETERS]
+    secrets: t.List[str] = []
+    for value in found:
+        for form in (value, unquote(value)):
+            if form not in secrets:
+                secrets.append(form)
     return secrets
 
 

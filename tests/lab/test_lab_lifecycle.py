@@ -30,7 +30,7 @@ def lab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def lab_processes() -> list[tuple[int, str]]:
-    """libvirtd and QEMU processes that belong to the lab (their command line names a lab path)."""
+    """libvirtd, QEMU and listening sshd processes that belong to the lab (their command line names a lab path)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -43,7 +43,7 @@ def lab_processes() -> list[tuple[int, str]]:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             continue
         command = " ".join(a.decode(errors="replace") for a in argv if a)
-        if ("libvirtd" in command or "qemu-system" in command) and "strata-lab" in command:
+        if ("libvirtd" in command or "qemu-system" in command or command.startswith("sshd:")) and "strata-lab" in command:
             found.append((int(entry.name), command))
     return found
 
@@ -111,6 +111,21 @@ def test_up_use_down_up_again(lab_down_after):
     assert again["started"] is False
     deleted = json.loads(lab("guest", "delete", "lc-guest").stdout)
     assert deleted["deleted_from"] == ["hv2"]
+
+
+def test_every_host_answers_on_every_transport(lab_down_after):
+    lab("up", "--transport", "tls")
+    inventory = (LAB_DIR / "inventory.yml").read_text()
+    assert inventory.count("strata_libvirt_uri: qemu+tls://") == 3
+    lab("up")
+    inventory = (LAB_DIR / "inventory.yml").read_text()
+    assert inventory.count("strata_libvirt_uri: qemu+ssh://root@") == 3
+    config = json.loads((LAB_DIR / "integration_config.yml").read_text())
+    for host in config["strata_lab_hosts"]:
+        assert sorted(host["uris"]) == ["ssh", "tcp", "tls"]
+        for transport, uri in host["uris"].items():
+            answer = subprocess.run(["virsh", "-c", uri, "hostname"], capture_output=True, text=True, timeout=30)
+            assert (transport, answer.stdout.strip()) == (transport, host["name"]), answer.stderr
 
 
 def test_up_recovers_after_a_killed_run(lab_down_after):

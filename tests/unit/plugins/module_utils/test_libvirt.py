@@ -107,6 +107,12 @@ def test_uri_error_is_a_value_error_and_carries_the_redacted_uri():
     ("qemu+tcp://admin:@hv1/system", "qemu+tcp://admin@hv1/system"),
     ("qemu+tcp://:secret@hv1/system", "qemu+tcp://@hv1/system"),
     ("qemu+tcp://hv1/system?user=a:b@c", "qemu+tcp://hv1/system?user=a:b@c"),
+    ("qemu+ssh://root@hv1:2222/system?keyfile=/root/.ssh/hv_key&no_verify=1",
+     "qemu+ssh://root@hv1:2222/system?keyfile=********&no_verify=1"),
+    ("qemu+ssh://root@hv1/system?command=/opt/ssh&keyfile=%2Fk&known_hosts=/etc/kh",
+     "qemu+ssh://root@hv1/system?command=/opt/ssh&keyfile=********&known_hosts=********"),
+    ("qemu+tls://hv1/system?pkipath=/etc/pki/hv#frag", "qemu+tls://hv1/system?pkipath=********#frag"),
+    ("qemu+tls://hv1/system?pkipath", "qemu+tls://hv1/system?pkipath"),
     ("bogus", "bogus"),
 ])
 def test_redact_uri(uri, expected):
@@ -119,6 +125,9 @@ def test_redact_uri(uri, expected):
     ("qemu+tcp://admin:secret@hv1/system", ["secret"]),
     ("qemu+tcp://admin:p%40ss@hv1/system", ["p%40ss", "p@ss"]),
     ("qemu+tcp://admin:@hv1/system", []),
+    ("qemu+ssh://u:pw@hv1/system?keyfile=%2Froot%2Fk&no_verify=1", ["pw", "%2Froot%2Fk", "/root/k"]),
+    ("qemu+tls://hv1/system?pkipath=/etc/pki/hv&pkipath=/etc/pki/hv", ["/etc/pki/hv"]),
+    ("qemu+libssh://hv1/system?known_hosts=/kh&keyfile=", ["/kh"]),
     ("bogus", []),
 ])
 def test_uri_secrets(uri, expected):
