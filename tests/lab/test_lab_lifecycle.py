@@ -124,7 +124,7 @@ def test_every_host_answers_on_every_transport(lab_down_after):
     for host in config["strata_lab_hosts"]:
         assert sorted(host["uris"]) == ["ssh", "tcp", "tls"]
         for transport, uri in host["uris"].items():
-            answer = subprocess.run(["virsh", "-c", uri, "hostname"], capture_output=True, text=True, timeout=30)
+            answer = subprocess.run(["virsh", "-c", uri, "hostname"], capture_output=True, text=True, timeout=30, check=False)
             assert (transport, answer.stdout.strip()) == (transport, host["name"]), answer.stderr
 
 
