@@ -1,7 +1,7 @@
 /*
- * strata-workload: the memory workload the lab guest runs under /init.
+ * strata-workload: the memory and disk workload the lab guest runs under /init.
  *
- * Usage: strata-workload SPEC
+ * Usage: [STRATA_DISK_DEVICE=PATH] strata-workload SPEC
  *
  * SPEC is a comma-separated list of parts (each kind at most once):
  *   idle               heartbeat only
@@ -9,18 +9,33 @@
  *                      used and gave back, whose contents Linux keeps
  *   hot:TOTAL:HOT:RATE keep a TOTAL MiB working set and rewrite its first HOT MiB
  *                      at RATE 4 KiB pages per second (0 = as fast as possible)
+ *   disk:MIB:RATE      write the first MIB MiB (1..4096) of /dev/vda (or PATH) as 4 KiB
+ *                      blocks, round-robin, at RATE blocks per second (1..10000), with
+ *                      O_DIRECT|O_DSYNC; at each heartbeat read back every block written
+ *                      in this boot and check it is intact and the last one written there
+ *
+ * Each disk block holds little-endian u64s: magic "STRATADK", boot id, write seq, block
+ * index, pseudo-random payload, and an FNV-1a 64 checksum of the rest in its last 8 bytes.
  *
  * stdout (the serial console) gets one "ready" line once setup is done, then a
- * heartbeat every 5 s; pages_written counts hot-page rewrites since start.
+ * heartbeat every 5 s; pages_written counts hot-page rewrites since start. With a disk
+ * part the heartbeat also gives completed block writes, full read-back passes and the
+ * bad blocks and failed I/Os seen so far, and each problem gets a line of its own:
  *   strata-workload: ready spec=<SPEC> boot=<id>
  *   strata-workload: alive boot=<id> seq=<n> pages_written=<total>
+ *                    [disk_writes=<W> disk_checks=<C> disk_errors=<E>]
+ *   strata-workload: disk error block=<i> want_seq=<s> found_seq=<s>
+ *                    reason=<magic|checksum|boot|index|lost|seq>
+ *   strata-workload: disk io error op=<write|read> block=<i> errno=<name|number|short>
+ * Disk problems never stop the program: the test reads the counters.
  *
- * Exit status: 2 for a bad SPEC, 1 when memory cannot be mapped.
+ * Exit status: 2 for a bad SPEC, 1 when memory cannot be mapped or the disk not opened.
  *
  * Build: gcc -static -O2 -o strata-workload workload.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,6 +44,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +62,22 @@
 #define FAST_BURST_PAGES 1024u
 #define MAX_FIELDS 4
 
+#define DISK_DEFAULT_DEVICE "/dev/vda"
+#define DISK_BLOCK 4096u
+#define DISK_MAX_MIB UINT64_C(4096)
+#define DISK_MAX_RATE UINT64_C(10000)
+/* "STRATADK" when stored little-endian. */
+#define DISK_MAGIC UINT64_C(0x4b44415441525453)
+#define DISK_CHECKSUM_OFFSET (DISK_BLOCK - 8u)
+#define DISK_PAYLOAD_OFFSET 32u
+/* Read-back chunk: few syscalls per pass, small enough for a 256 MiB guest. */
+#define DISK_READ_CHUNK (256u * 1024u)
+/* virtio_blk creates its device node asynchronously after the module loads. */
+#define DISK_OPEN_TIMEOUT_NS (10 * NS_PER_S)
+#define DISK_OPEN_RETRY_NS (100 * INT64_C(1000000))
+/* Per pass (block lines) and per heartbeat (I/O lines): a broken disk must not flood the console. */
+#define DISK_MAX_DETAIL_LINES 5u
+
 struct spec {
     bool idle;
     bool stale;
@@ -54,6 +86,9 @@ struct spec {
     uint64_t hot_total_mib;
     uint64_t hot_mib;
     uint64_t hot_rate;
+    bool disk;
+    uint64_t disk_mib;
+    uint64_t disk_rate;
 };
 
 struct hot_set {
@@ -61,6 +96,25 @@ struct hot_set {
     uint64_t pages;  /* pages in the rewritten (hot) part */
     uint64_t cursor; /* next page to rewrite */
     uint64_t written;
+};
+
+/* Writes earn credit with elapsed time; a stall earns at most MAX_BACKLOG_S of it. */
+struct pacer {
+    double rate_per_s;
+    double credit;
+    double max_credit;
+};
+
+struct disk_set {
+    int fd;
+    uint64_t boot_id;
+    uint64_t blocks;         /* N: blocks in the written area */
+    uint64_t writes;         /* W: completed writes; also the seq of the next write */
+    uint64_t checks;         /* full read-back passes */
+    uint64_t errors;         /* bad blocks found plus failed reads and writes */
+    unsigned io_error_lines; /* I/O error lines printed since the last heartbeat */
+    uint8_t *write_buf;
+    uint8_t *read_buf;
 };
 
 static const char *spec_text;
@@ -148,6 +202,14 @@ static struct spec parse_spec(const char *text)
             sp.hot_total_mib = field_uint(fields[1], 1, MAX_MIB, partcopy, "TOTAL (MiB)");
             sp.hot_mib = field_uint(fields[2], 1, sp.hot_total_mib, partcopy, "HOT (MiB, <= TOTAL)");
             sp.hot_rate = field_uint(fields[3], 0, MAX_RATE, partcopy, "RATE (pages/s)");
+        } else if (strcmp(fields[0], "disk") == 0) {
+            if (n != 3)
+                die_spec("expected disk:MIB:RATE", partcopy);
+            if (sp.disk)
+                die_spec("disk given twice", NULL);
+            sp.disk = true;
+            sp.disk_mib = field_uint(fields[1], 1, DISK_MAX_MIB, partcopy, "MIB (MiB of the disk)");
+            sp.disk_rate = field_uint(fields[2], 1, DISK_MAX_RATE, partcopy, "RATE (blocks/s)");
         } else {
             die_spec(*part ? "unknown part" : "empty part", *part ? partcopy : NULL);
         }
@@ -221,11 +283,254 @@ static void rewrite_pages(struct hot_set *hs, uint64_t count)
     }
 }
 
+static struct pacer pacer_new(uint64_t rate_per_s)
+{
+    return (struct pacer){.rate_per_s = (double)rate_per_s,
+                          .max_credit = (double)rate_per_s * MAX_BACKLOG_S + 1.0};
+}
+
+static uint64_t pacer_due(struct pacer *p, int64_t elapsed_ns)
+{
+    p->credit += p->rate_per_s * (double)elapsed_ns / (double)NS_PER_S;
+    if (p->credit > p->max_credit)
+        p->credit = p->max_credit;
+    uint64_t due = (uint64_t)p->credit;
+    p->credit -= (double)due;
+    return due;
+}
+
+/* Byte by byte, so the block format does not depend on the guest's endianness. */
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (unsigned i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t fnv1a64(const uint8_t *p, size_t len)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+static void disk_fill_block(uint8_t *block, uint64_t boot_id, uint64_t seq, uint64_t index)
+{
+    put_le64(block + 0, DISK_MAGIC);
+    put_le64(block + 8, boot_id);
+    put_le64(block + 16, seq);
+    put_le64(block + 24, index);
+    /* A payload unique to each write makes a torn block (half old, half new) fail its checksum. */
+    uint64_t x = boot_id ^ (seq * UINT64_C(0x9e3779b97f4a7c15));
+    if (x == 0)
+        x = 1; /* xorshift stays at zero forever from a zero seed */
+    for (unsigned off = DISK_PAYLOAD_OFFSET; off < DISK_CHECKSUM_OFFSET; off += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        put_le64(block + off, x);
+    }
+    put_le64(block + DISK_CHECKSUM_OFFSET, fnv1a64(block, DISK_CHECKSUM_OFFSET));
+}
+
+/* Names for the errors a failing virtual disk gives; others print as numbers. */
+static void errno_text(int err, char *out, size_t size)
+{
+    static const struct {
+        int err;
+        const char *name;
+    } names[] = {
+        {EIO, "EIO"},       {ENOSPC, "ENOSPC"}, {EINVAL, "EINVAL"}, {ENXIO, "ENXIO"},
+        {ENODEV, "ENODEV"}, {EROFS, "EROFS"},   {EAGAIN, "EAGAIN"}, {EBADF, "EBADF"},
+        {EFAULT, "EFAULT"}, {ENOMEM, "ENOMEM"}, {ETIMEDOUT, "ETIMEDOUT"}, {EPERM, "EPERM"},
+        {EACCES, "EACCES"}, {EDQUOT, "EDQUOT"}, {EFBIG, "EFBIG"},
+    };
+    if (err == 0) {
+        snprintf(out, size, "short"); /* a transfer that moved fewer bytes than asked */
+        return;
+    }
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (names[i].err == err) {
+            snprintf(out, size, "%s", names[i].name);
+            return;
+        }
+    }
+    snprintf(out, size, "%d", err);
+}
+
+/* True when all len bytes moved; else *err is the errno, or 0 for a short transfer. */
+static bool disk_io(struct disk_set *ds, bool write, uint8_t *buf, size_t len, uint64_t block,
+                    int *err)
+{
+    off_t offset = (off_t)(block * DISK_BLOCK);
+    ssize_t moved;
+    do {
+        moved = write ? pwrite(ds->fd, buf, len, offset) : pread(ds->fd, buf, len, offset);
+    } while (moved < 0 && errno == EINTR);
+    *err = moved < 0 ? errno : 0;
+    return moved == (ssize_t)len;
+}
+
+static void disk_io_failed(struct disk_set *ds, bool write, uint64_t block, int err)
+{
+    ds->errors++;
+    if (ds->io_error_lines >= DISK_MAX_DETAIL_LINES)
+        return;
+    ds->io_error_lines++;
+    char name[16];
+    errno_text(err, name, sizeof name);
+    printf("strata-workload: disk io error op=%s block=%" PRIu64 " errno=%s\n",
+           write ? "write" : "read", block, name);
+    fflush(stdout);
+}
+
+static uint8_t *disk_buffer(size_t len)
+{
+    void *p;
+    /* O_DIRECT needs buffers aligned to the device's logical block. */
+    int err = posix_memalign(&p, DISK_BLOCK, len);
+    if (err != 0) {
+        fprintf(stderr, "strata-workload: cannot allocate %zu bytes for disk I/O: %s\n", len,
+                strerror(err));
+        exit(1);
+    }
+    memset(p, 0, len);
+    return p;
+}
+
+static struct disk_set disk_open(uint64_t mib, uint64_t boot_id)
+{
+    struct disk_set ds = {.boot_id = boot_id, .blocks = mib * (WL_MIB / DISK_BLOCK)};
+    const char *override = getenv("STRATA_DISK_DEVICE");
+    const char *path = override && *override ? override : DISK_DEFAULT_DEVICE;
+
+    /* O_DSYNC: a completed write is on the disk, not in the guest's page cache. */
+    int64_t deadline_ns = now_ns() + DISK_OPEN_TIMEOUT_NS;
+    for (;;) {
+        ds.fd = open(path, O_RDWR | O_DIRECT | O_DSYNC | O_CLOEXEC);
+        if (ds.fd >= 0)
+            break;
+        int err = errno;
+        bool may_appear = err == ENOENT || err == ENXIO || err == ENODEV;
+        if (!may_appear || now_ns() >= deadline_ns) {
+            fprintf(stderr, "strata-workload: cannot open disk %s%s: %s%s\n", path,
+                    override ? " (from STRATA_DISK_DEVICE)" : "", strerror(err),
+                    may_appear ? " (waited 10 s for it to appear)" : "");
+            exit(1);
+        }
+        sleep_until(now_ns() + DISK_OPEN_RETRY_NS);
+    }
+
+    /* A regular file grows as it is written; a device too small would fail every write. */
+    struct stat st;
+    if (fstat(ds.fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+        off_t size = lseek(ds.fd, 0, SEEK_END);
+        if (size >= 0 && (uint64_t)size < mib * WL_MIB) {
+            fprintf(stderr,
+                    "strata-workload: disk %s has %" PRIu64 " MiB, the spec writes %" PRIu64
+                    " MiB\n",
+                    path, (uint64_t)size / WL_MIB, mib);
+            exit(1);
+        }
+    }
+
+    ds.write_buf = disk_buffer(DISK_BLOCK);
+    ds.read_buf = disk_buffer(DISK_READ_CHUNK);
+    return ds;
+}
+
+/* Write number seq goes to block seq % N. A failed write is retried with the same seq, so
+ * writes stays the count of completed writes; the rest of this tick's share is dropped
+ * rather than hammering a failing disk. */
+static void disk_write_blocks(struct disk_set *ds, uint64_t count)
+{
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t seq = ds->writes;
+        uint64_t block = seq % ds->blocks;
+        disk_fill_block(ds->write_buf, ds->boot_id, seq, block);
+        int err;
+        if (!disk_io(ds, true, ds->write_buf, DISK_BLOCK, block, &err)) {
+            disk_io_failed(ds, true, block, err);
+            return;
+        }
+        ds->writes++;
+    }
+}
+
+/* The reason a read-back block is bad, or NULL when it is the last write made to it. */
+static const char *disk_block_fault(const struct disk_set *ds, const uint8_t *block,
+                                    uint64_t index, uint64_t want_seq)
+{
+    if (get_le64(block + 0) != DISK_MAGIC)
+        return "magic";
+    if (get_le64(block + DISK_CHECKSUM_OFFSET) != fnv1a64(block, DISK_CHECKSUM_OFFSET))
+        return "checksum";
+    if (get_le64(block + 8) != ds->boot_id)
+        return "boot";
+    if (get_le64(block + 24) != index)
+        return "index";
+    uint64_t found_seq = get_le64(block + 16);
+    if (found_seq < want_seq)
+        return "lost";
+    if (found_seq > want_seq)
+        return "seq"; /* newer than any completed write: should be impossible */
+    return NULL;
+}
+
+/* Read back every block written in this boot and check it holds its last completed write. */
+static void disk_verify(struct disk_set *ds)
+{
+    uint64_t blocks = ds->blocks;
+    uint64_t writes = ds->writes;
+    uint64_t written_blocks = writes < blocks ? writes : blocks;
+    if (written_blocks == 0)
+        return;
+    const uint64_t chunk_blocks = DISK_READ_CHUNK / DISK_BLOCK;
+    unsigned detail_lines = 0;
+    for (uint64_t first = 0; first < written_blocks; first += chunk_blocks) {
+        uint64_t count = written_blocks - first < chunk_blocks ? written_blocks - first
+                                                               : chunk_blocks;
+        int err;
+        if (!disk_io(ds, false, ds->read_buf, (size_t)(count * DISK_BLOCK), first, &err)) {
+            disk_io_failed(ds, false, first, err);
+            continue;
+        }
+        for (uint64_t j = 0; j < count; j++) {
+            uint64_t i = first + j;
+            const uint8_t *block = ds->read_buf + j * DISK_BLOCK;
+            /* The last write to block i is the largest seq below writes that is i mod blocks. */
+            uint64_t want_seq = i + blocks * ((writes - 1 - i) / blocks);
+            const char *reason = disk_block_fault(ds, block, i, want_seq);
+            if (reason == NULL)
+                continue;
+            ds->errors++;
+            if (detail_lines < DISK_MAX_DETAIL_LINES) {
+                detail_lines++;
+                printf("strata-workload: disk error block=%" PRIu64 " want_seq=%" PRIu64
+                       " found_seq=%" PRIu64 " reason=%s\n",
+                       i, want_seq, get_le64(block + 16), reason);
+            }
+        }
+    }
+    ds->checks++;
+    fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: strata-workload SPEC   (SPEC: idle | stale:N | "
-                        "hot:TOTAL:HOT:RATE, comma-separated)\n");
+        fprintf(stderr, "usage: [STRATA_DISK_DEVICE=PATH] strata-workload SPEC   (SPEC: idle | "
+                        "stale:N | hot:TOTAL:HOT:RATE | disk:MIB:RATE, comma-separated)\n");
         return 2;
     }
     spec_text = argv[1];
@@ -235,6 +540,10 @@ int main(int argc, char **argv)
     char boot[17];
     snprintf(boot, sizeof boot, "%016" PRIx64, boot_id);
     uint64_t prng = boot_id | 1;
+
+    struct disk_set ds = {0};
+    if (sp.disk)
+        ds = disk_open(sp.disk_mib, boot_id);
 
     /* The hot set is mapped before the stale memory is freed, so it cannot reuse those pages. */
     struct hot_set hs = {0};
@@ -255,34 +564,45 @@ int main(int argc, char **argv)
     int64_t last = now_ns();
     int64_t next_tick = last + TICK_NS;
     int64_t next_beat = last + HEARTBEAT_NS;
-    double credit = 0.0; /* pages owed at RATE, carried between ticks */
-    double max_credit = (double)sp.hot_rate * MAX_BACKLOG_S + 1.0;
+    /* Only paced writers need the tick; idle and stale sleep from heartbeat to heartbeat. */
+    bool hot_paced = sp.hot && sp.hot_rate > 0;
+    bool ticking = hot_paced || sp.disk;
+    struct pacer hot_pace = pacer_new(sp.hot_rate);
+    struct pacer disk_pace = pacer_new(sp.disk_rate);
     uint64_t seq = 0;
     for (;;) {
-        if (sp.hot && sp.hot_rate == 0) {
+        if (sp.hot && sp.hot_rate == 0)
             rewrite_pages(&hs, FAST_BURST_PAGES);
-        } else if (sp.hot) {
+        else if (ticking)
             sleep_until(next_tick);
+        else
+            sleep_until(next_beat);
+
+        if (ticking) {
             int64_t now = now_ns();
-            credit += (double)sp.hot_rate * (double)(now - last) / (double)NS_PER_S;
+            int64_t elapsed_ns = now - last;
             last = now;
-            if (credit > max_credit)
-                credit = max_credit;
-            uint64_t due = (uint64_t)credit;
-            credit -= (double)due;
-            rewrite_pages(&hs, due);
+            if (hot_paced)
+                rewrite_pages(&hs, pacer_due(&hot_pace, elapsed_ns));
+            if (sp.disk)
+                disk_write_blocks(&ds, pacer_due(&disk_pace, elapsed_ns));
             next_tick += TICK_NS;
             if (next_tick <= now)
                 next_tick = now + TICK_NS;
-        } else {
-            sleep_until(next_beat);
         }
 
         int64_t now = now_ns();
         if (now >= next_beat) {
-            printf("strata-workload: alive boot=%s seq=%" PRIu64 " pages_written=%" PRIu64 "\n",
-                   boot, ++seq, hs.written);
+            if (sp.disk)
+                disk_verify(&ds);
+            printf("strata-workload: alive boot=%s seq=%" PRIu64 " pages_written=%" PRIu64, boot,
+                   ++seq, hs.written);
+            if (sp.disk)
+                printf(" disk_writes=%" PRIu64 " disk_checks=%" PRIu64 " disk_errors=%" PRIu64,
+                       ds.writes, ds.checks, ds.errors);
+            printf("\n");
             fflush(stdout);
+            ds.io_error_lines = 0;
             next_beat += HEARTBEAT_NS;
             if (next_beat <= now)
                 next_beat = now + HEARTBEAT_NS;

@@ -7,6 +7,8 @@
     strata-lab status                      hosts, their URIs and guests
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
                                            [--anti-affinity GROUP] [--pinned REASON]
+                                           [--disk-mib 64 --disk-pool local|small|shared|nbd]
+    strata-lab guest check-disk NAME       the guest's disk workload read back every block intact
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
@@ -14,6 +16,8 @@
     strata-lab host start hv2              restart a killed host, taking back its running guests
     strata-lab host sshd-stop hv2          SIGSTOP the host's sshd: new ssh connections hang
     strata-lab host sshd-cont hv2          let it go on
+    strata-lab host fill-pool hv2 [--leave-mib 0]   fill hv2's pool 'small' (a 192 MiB tmpfs)
+    strata-lab host free-pool hv2          empty it again
     strata-lab down [--purge]              stop every lab process; --purge forgets guests
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import signal
 
-from . import guests, hosts, packages, transports
+from . import guests, hosts, packages, storage, transports
 from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, LabError, LabState, make_host_spec
 from .image import build_image
 
@@ -60,6 +64,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     state.save()
     transports.ensure_ssh(state)
     transports.ensure_pki(state)
+    if storage.ensure_nbd_server(state):
+        print(f"storage: NBD server started at nbd://{storage.NBD_ADDRESS}:{storage.NBD_PORT}")
     for host in state.hosts:
         if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {host.uri}")
@@ -161,6 +167,9 @@ def cmd_down(args: argparse.Namespace) -> None:
     if leftovers:
         hosts.kill_pids(leftovers)
         print(f"killed {len(leftovers)} leftover QEMU process(es)")
+    # After the guests: a QEMU still using a network disk would see its server vanish.
+    if storage.stop_nbd_server(state):
+        print("storage: NBD server stopped")
     if args.purge:
         shutil.rmtree(Path(state.lab_dir) / "hosts", ignore_errors=True)
         shutil.rmtree(state.consoles_dir, ignore_errors=True)
@@ -181,6 +190,12 @@ def cmd_host(args: argparse.Namespace) -> None:
     if args.host_command == "kill":
         killed = hosts.kill_host(host)
         print(json.dumps({"host": host.name, "killed_pids": killed, "changed": bool(killed)}))
+        return
+    if args.host_command == "fill-pool":
+        print(json.dumps(hosts.fill_pool(host, args.leave_mib)))
+        return
+    if args.host_command == "free-pool":
+        print(json.dumps(hosts.free_pool(host)))
         return
     if args.host_command in ("sshd-stop", "sshd-cont"):
         sig = signal.SIGSTOP if args.host_command == "sshd-stop" else signal.SIGCONT
@@ -208,11 +223,17 @@ def cmd_guest(args: argparse.Namespace) -> None:
             network=args.network,
             disk_mib=args.disk_mib,
             disk_pool=args.disk_pool,
+            disk_format=args.disk_format or ("raw" if args.disk_pool == "nbd" else "qcow2"),
             cpu_model=args.cpu_model,
             anti_affinity_group=args.anti_affinity,
             pinned_reason=args.pinned,
         )
         print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
+    elif args.guest_command == "check-disk":
+        report = guests.check_disk(state, args.name, timeout_s=args.timeout_s)
+        print(json.dumps(report))
+        if not report["intact"]:
+            raise LabError(f"guest {args.name}: {report['disk_errors']} disk error(s): {report['error_lines'][:3]}")
     elif args.guest_command == "delete":
         print(json.dumps({"name": args.name, "deleted_from": guests.delete_guest(state, args.name)}))
     else:
@@ -249,12 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--host", default="hv1")
     create.add_argument("--memory-mib", type=int, default=256)
     create.add_argument("--vcpus", type=int, default=1)
-    create.add_argument("--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE, comma-joined")
-    create.add_argument("--network", help="attach a virtio NIC on this libvirt network (every host has 'labnet')")
-    create.add_argument("--disk-mib", type=int, default=0, help="attach a qcow2 disk of this size (0 = no disk)")
     create.add_argument(
-        "--disk-pool", choices=("local", "shared"), default="local", help="local: this host only; shared: every host"
+        "--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE | disk:MIB:RATE, comma-joined"
     )
+    create.add_argument("--network", help="attach a virtio NIC on this libvirt network (every host has 'labnet')")
+    create.add_argument("--disk-mib", type=int, default=0, help="attach a virtio disk (vda) of this size (0 = no disk)")
+    create.add_argument(
+        "--disk-pool", choices=guests.DISK_POOLS, default="local",
+        help="local: this host's own pool; small: this host's 192 MiB tmpfs pool; shared: a folder every host sees "
+        "(libvirt cannot tell it is shared); nbd: the lab's NBD server, a network disk (raw)",
+    )
+    create.add_argument("--disk-format", choices=guests.DISK_FORMATS, help="default: qcow2, raw on nbd")
     create.add_argument("--cpu-model", default="qemu64", help="guest CPU model (TCG); the legacy host lacks Westmere")
     create.add_argument(
         "--anti-affinity", metavar="GROUP", help="anti-affinity group, in the domain metadata strata.migration reads"
@@ -267,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--reuse", action="store_true", help="keep a guest of this name that exists; start it if it is shut off"
     )
+    check_disk = guest_sub.add_parser(
+        "check-disk", help="wait for the guest's disk workload to read back its disk; exit 1 on a lost or torn block"
+    )
+    check_disk.add_argument("name")
+    check_disk.add_argument("--timeout-s", type=float, default=30)
     delete = guest_sub.add_parser("delete")
     delete.add_argument("name")
     guest_sub.add_parser("list")
@@ -290,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
         "name"
     )
     host_sub.add_parser("sshd-cont", help="continue a stopped sshd").add_argument("name")
+    fill = host_sub.add_parser("fill-pool", help=f"fill the host's pool '{hosts.SMALL_POOL}' (a tmpfs) with a file")
+    fill.add_argument("name")
+    fill.add_argument("--leave-mib", type=int, default=0, help="MiB to leave free")
+    host_sub.add_parser("free-pool", help=f"remove that file from pool '{hosts.SMALL_POOL}'").add_argument("name")
     host.set_defaults(func=cmd_host)
     return parser
 

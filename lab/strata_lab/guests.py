@@ -9,12 +9,18 @@ from xml.sax.saxutils import escape, quoteattr
 
 from .config import HostSpec, LabError, LabState
 from .hosts import define_from_xml, virsh
+from .storage import create_nbd_image, delete_nbd_image, nbd_disk_xml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
 READY_MARKER = "STRATA-READY name={name} "
 # The collection's placement hints (plugins/module_utils/_cluster.py, METADATA_NAMESPACE).
 MIGRATION_METADATA_NAMESPACE = "https://strata-migration.github.io/xmlns/migration/1"
+# local: the host's own pool; small: a small pool of its own on a tmpfs; shared: a folder every
+# host sees, which libvirt cannot know is shared; nbd: an export of the lab's storage server, a
+# network disk libvirt treats as shared.
+DISK_POOLS = ("local", "small", "shared", "nbd")
+DISK_FORMATS = ("qcow2", "raw")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class GuestSpec:
     network: str | None = None
     disk_mib: int = 0
     disk_pool: str = "local"
+    disk_format: str = "qcow2"
     cpu_model: str = "qemu64"
     anti_affinity_group: str | None = None
     pinned_reason: str | None = None
@@ -43,8 +50,12 @@ class GuestSpec:
             raise LabError(f"guest {self.name}: network name {self.network!r} is not a plain name")
         if self.disk_mib and not 1 <= self.disk_mib <= 4096:
             raise LabError(f"guest {self.name}: disk_mib {self.disk_mib} is outside 1..4096")
-        if self.disk_pool not in ("local", "shared"):
-            raise LabError(f"guest {self.name}: disk pool must be 'local' or 'shared', not {self.disk_pool!r}")
+        if self.disk_pool not in DISK_POOLS:
+            raise LabError(f"guest {self.name}: disk pool must be one of {', '.join(DISK_POOLS)}, not {self.disk_pool!r}")
+        if self.disk_format not in DISK_FORMATS:
+            raise LabError(f"guest {self.name}: disk format must be one of {', '.join(DISK_FORMATS)}, not {self.disk_format!r}")
+        if self.disk_pool == "nbd" and self.disk_format != "raw":
+            raise LabError(f"guest {self.name}: the lab's NBD server serves raw images only (--disk-format raw)")
         if not _NAME_RE.match(self.cpu_model):
             raise LabError(f"guest {self.name}: CPU model {self.cpu_model!r} is not a plain name")
         if self.anti_affinity_group is not None and not _NAME_RE.match(self.anti_affinity_group):
@@ -59,7 +70,7 @@ def console_path(state: LabState, name: str) -> Path:
     return state.consoles_dir / f"{name}.log"
 
 
-def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) -> str:
+def domain_xml(state: LabState, guest: GuestSpec, disk_xml: str = "") -> str:
     # pti=on: QEMU 7.2's TCG misses guest writes made through TLB entries that were already
     # dirty when migration cleared its bitmap (fixed upstream in 2024), which can corrupt a
     # migrated guest. Page-table isolation switches CR3, and so flushes QEMU's TLB, on every
@@ -70,13 +81,7 @@ def domain_xml(state: LabState, guest: GuestSpec, disk_path: str | None = None) 
         if state.domain_type == "kvm"
         else f"<cpu mode='custom' match='exact'><model fallback='forbid'>{guest.cpu_model}</model></cpu>"
     )
-    extra_devices = ""
-    if disk_path:
-        # cache='none': libvirt refuses to live-migrate disks with host caching as unsafe.
-        extra_devices += (
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            f"<source file={quoteattr(disk_path)}/><target dev='vda' bus='virtio'/></disk>"
-        )
+    extra_devices = disk_xml
     if guest.network:
         extra_devices += (
             f"<interface type='network'><source network={quoteattr(guest.network)}/><model type='virtio'/></interface>"
@@ -139,16 +144,15 @@ def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool =
     if existing:
         raise LabError(f"guest {guest.name} already exists on {', '.join(existing)}; delete it first")
     state.consoles_dir.mkdir(parents=True, exist_ok=True)
-    disk_path = _create_disk(host, guest) if guest.disk_mib else None
-    if guest.disk_pool == "shared" and disk_path:
-        _refresh_shared_pools(state)
-    define_from_xml(host.uri, "define", domain_xml(state, guest, disk_path))
+    disk_xml = _create_disk(state, host, guest) if guest.disk_mib else ""
+    define_from_xml(host.uri, "define", domain_xml(state, guest, disk_xml))
     try:
         boot_s = _start(state, host, guest.name, wait, timeout_s)
     except LabError:
         if "running" not in virsh(host.uri, "domstate", guest.name, check=False):
             # It never ran: leave nothing behind, so the same command can be tried again.
             virsh(host.uri, "undefine", guest.name, "--remove-all-storage", check=False)
+            delete_nbd_image(state, nbd_export(guest.name))
         raise
     return {
         "name": guest.name,
@@ -156,17 +160,34 @@ def create_guest(state: LabState, host_name: str, guest: GuestSpec, wait: bool =
         "uri": host.uri,
         "memory_mib": guest.memory_mib,
         "workload": guest.workload,
+        "disk": {"pool": guest.disk_pool, "format": guest.disk_format, "mib": guest.disk_mib} if guest.disk_mib else None,
         "console": str(console_path(state, guest.name)),
         "boot_s": boot_s,
     }
 
 
-def _create_disk(host: HostSpec, guest: GuestSpec) -> str:
-    volume = f"{guest.name}.qcow2"
+def nbd_export(name: str) -> str:
+    return f"{name}.raw"
+
+
+def _create_disk(state: LabState, host: HostSpec, guest: GuestSpec) -> str:
+    """The guest's disk as domain XML, its image created; the disk is vda on virtio-blk."""
+    if guest.disk_pool == "nbd":
+        return nbd_disk_xml(create_nbd_image(state, nbd_export(guest.name), guest.disk_mib))
+    volume = f"{guest.name}.{guest.disk_format}"
     # A volume of this name belongs to no guest (the name is free): a failed earlier run left it.
     virsh(host.uri, "vol-delete", "--pool", guest.disk_pool, volume, check=False)
-    virsh(host.uri, "vol-create-as", guest.disk_pool, volume, f"{guest.disk_mib}M", "--format", "qcow2")
-    return virsh(host.uri, "vol-path", "--pool", guest.disk_pool, volume).strip()
+    virsh(host.uri, "vol-create-as", guest.disk_pool, volume, f"{guest.disk_mib}M", "--format", guest.disk_format)
+    path = virsh(host.uri, "vol-path", "--pool", guest.disk_pool, volume).strip()
+    if guest.disk_pool == "shared":
+        _refresh_shared_pools(state)
+    # cache='none': libvirt refuses to live-migrate shared disks with host caching as unsafe. A
+    # disk that is copied is exempt; the small pool's tmpfs takes O_DIRECT only on Linux 6.6 and later.
+    cache = "writethrough" if guest.disk_pool == "small" else "none"
+    return (
+        f"<disk type='file' device='disk'><driver name='qemu' type='{guest.disk_format}' cache='{cache}'/>"
+        f"<source file={quoteattr(path)}/><target dev='vda' bus='virtio'/></disk>"
+    )
 
 
 def _refresh_shared_pools(state: LabState) -> None:
@@ -222,6 +243,8 @@ def delete_guest(state: LabState, name: str) -> list[str]:
         uri = state.host(host_name).uri
         virsh(uri, "destroy", name, check=False)
         virsh(uri, "undefine", name, "--remove-all-storage", check=False)
+    # A network disk is not a volume of any pool; its image is the lab's to remove.
+    delete_nbd_image(state, nbd_export(name))
     console_path(state, name).unlink(missing_ok=True)
     return hosts
 
@@ -237,3 +260,52 @@ def list_guests_on(host: HostSpec) -> list[dict]:
 
 def list_guests(state: LabState) -> list[dict]:
     return [guest for host in state.hosts for guest in list_guests_on(host)]
+
+
+_HEARTBEAT_RE = re.compile(
+    rb"strata-workload: alive boot=(?P<boot>[0-9a-f]+) seq=(?P<seq>\d+) pages_written=\d+"
+    rb"(?: disk_writes=(?P<writes>\d+) disk_checks=(?P<checks>\d+) disk_errors=(?P<errors>\d+))?"
+)
+_DISK_ERROR_RE = re.compile(rb"strata-workload: disk (?:io )?error [^\r\n]*")
+# A pass that began before the command may have read the disk before the question was asked;
+# the second heartbeat after it reports a pass that ran entirely afterwards.
+_FRESH_HEARTBEATS = 2
+
+
+def check_disk(state: LabState, name: str, timeout_s: float = 30) -> dict:
+    """Wait for a disk check the guest made after this call, and report its disk's integrity.
+
+    The guest's disk workload reads back every block it wrote at each heartbeat: a block with
+    a bad checksum was torn or corrupted, one older than its last completed write was lost.
+    """
+    console = console_path(state, name)
+    if not console.exists():
+        raise LabError(f"guest {name} has no console file {console}")
+    offset = console.stat().st_size
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with open(console, "rb") as stream:
+            stream.seek(offset)
+            fresh = list(_HEARTBEAT_RE.finditer(stream.read()))
+        if len(fresh) >= _FRESH_HEARTBEATS:
+            break
+        if time.monotonic() >= deadline:
+            raise LabError(f"guest {name} printed no {_FRESH_HEARTBEATS} heartbeats within {timeout_s} s; see {console}")
+        time.sleep(0.5)
+    last = fresh[-1]
+    if last.group("writes") is None:
+        raise LabError(f"guest {name} runs no disk workload (create it with --workload disk:MIB:RATE)")
+    whole = console.read_bytes()
+    boots = sorted({m.group("boot").decode() for m in _HEARTBEAT_RE.finditer(whole)})
+    errors = int(last.group("errors"))
+    return {
+        "name": name,
+        "boot": last.group("boot").decode(),
+        "boots_seen": boots,
+        "heartbeat_seq": int(last.group("seq")),
+        "disk_writes": int(last.group("writes")),
+        "disk_checks": int(last.group("checks")),
+        "disk_errors": errors,
+        "error_lines": [m.group(0).decode(errors="replace") for m in _DISK_ERROR_RE.finditer(whole)][-10:],
+        "intact": errors == 0,
+    }

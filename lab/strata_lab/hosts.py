@@ -19,6 +19,11 @@ START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
 SYSTEM_CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 LAB_NETWORK = "labnet"
+# A small pool on a tmpfs of its own in each host's namespace, for the tests that fill a
+# destination pool during a storage copy; its volumes do not survive `down`.
+SMALL_POOL = "small"
+SMALL_POOL_DIR = "/var/lib/libvirt/small"
+SMALL_POOL_MIB = 192
 
 
 def render_libvirtd_conf(host: HostSpec) -> str:
@@ -154,11 +159,12 @@ def ensure_pool(host: HostSpec, pool: str, target: str) -> None:
 
 
 def configure_host(host: HostSpec, shared_pool_dir: Path) -> None:
-    """The resources every lab host offers: network labnet, pools `local` and `shared`."""
+    """The resources every lab host offers: network labnet, pools `local`, `small` and `shared`."""
     shared_pool_dir.mkdir(parents=True, exist_ok=True)
     ensure_network(host, LAB_NETWORK)
     # /var/lib/libvirt is private to each host: a disk there exists on that host only.
     ensure_pool(host, "local", "/var/lib/libvirt/images")
+    ensure_pool(host, SMALL_POOL, SMALL_POOL_DIR)
     ensure_pool(host, "shared", str(shared_pool_dir))
 
 
@@ -180,7 +186,9 @@ def _start_script(host: HostSpec) -> str:
     if host.cpu_models_missing:
         mounts += f" && mount --bind {Path(host.root) / 'cpu_map'} {SYSTEM_CPU_MAP}"
     return (
-        f"set -e; {mounts}; mount --bind {host.etc_hosts} /etc/hosts; hostname {host.name}; "
+        f"set -e; {mounts}; mkdir -p {SMALL_POOL_DIR}; "
+        f"mount -t tmpfs -o size={SMALL_POOL_MIB}m strata-lab-small {SMALL_POOL_DIR}; "
+        f"mount --bind {host.etc_hosts} /etc/hosts; hostname {host.name}; "
         f"{transports.sshd_start_command(host)}; exec libvirtd --listen --pid-file {host.pid_file} "
         f"--config {PRIVATE_DIRS['etc']}/libvirtd.conf"
     )
@@ -267,6 +275,39 @@ def virsh_ok(uri: str) -> bool:
         return True
     except LabError:
         return False
+
+
+def _in_host(host: HostSpec, command: list[str]) -> subprocess.CompletedProcess:
+    """Run a command in the host's mount namespace (where its private pools are mounted)."""
+    pids = libvirtd_pids(host)
+    if not pids:
+        raise LabError(f"host {host.name} is down")
+    return subprocess.run(["nsenter", "-t", str(pids[0]), "-m", "--", *command],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def fill_pool(host: HostSpec, leave_mib: int) -> dict:
+    """Fill the host's small pool until leave_mib MiB are free, with one file libvirt sees as a volume."""
+    filler = f"{SMALL_POOL_DIR}/filler.raw"
+    _in_host(host, ["rm", "-f", filler])
+    df = _in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR])
+    free = int(df.stdout.split()[-1])
+    size = max(0, free - leave_mib * 1024 * 1024)
+    if size:
+        done = _in_host(host, ["fallocate", "-l", str(size), filler])
+        if done.returncode:
+            raise LabError(f"cannot fill pool {SMALL_POOL} on {host.name}: {done.stderr.strip()}")
+    virsh(host.uri, "pool-refresh", SMALL_POOL)
+    left = int(_in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR]).stdout.split()[-1])
+    return {"host": host.name, "pool": SMALL_POOL, "filled_mib": size // 1048576, "free_mib": left // 1048576, "changed": True}
+
+
+def free_pool(host: HostSpec) -> dict:
+    done = _in_host(host, ["rm", "-f", f"{SMALL_POOL_DIR}/filler.raw"])
+    if done.returncode:
+        raise LabError(f"cannot empty pool {SMALL_POOL} on {host.name}: {done.stderr.strip()}")
+    virsh(host.uri, "pool-refresh", SMALL_POOL)
+    return {"host": host.name, "pool": SMALL_POOL, "changed": True}
 
 
 def libvirtd_pids(host: HostSpec) -> list[int]:

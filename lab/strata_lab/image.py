@@ -49,6 +49,8 @@ MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_balloon",
+    # The guest's disk, /dev/vda, for the disk workload.
+    "virtio_blk",
 )
 MODULE_DIR = "lib/strata-modules"
 

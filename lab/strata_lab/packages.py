@@ -19,6 +19,8 @@ LAB_PACKAGES = (
     "openssh-server",
     "openssh-client",
     "gnutls-bin",
+    # The lab's storage server: network disks (NBD) every host reaches.
+    "nbdkit",
 )
 # Needed to build libvirt-python into the virtualenv, and by the sanity tests.
 BUILD_PACKAGES = ("libvirt-dev", "pkg-config", "python3-dev", "python3-venv", "git", "make", "shellcheck")

@@ -204,6 +204,8 @@ class Prediction:
     stop_copy_mib: float = 0.0
     required_bandwidth_mibps: t.Optional[float] = None
     required_max_downtime_ms: t.Optional[float] = None
+    disk_copy_mib: float = 0.0
+    disk_copy_s: float = 0.0
 
     def to_dict(self) -> t.Dict[str, t.Any]:
         result = dataclasses.asdict(self)
@@ -566,3 +568,28 @@ def choose_strategy(inputs: MigrationInputs, allow_postcopy: bool) -> t.Tuple[Pr
                                              _fmt(precopy.required_max_downtime_ms or 0.0, 0))
     )
     return dataclasses.replace(precopy, reason=reason), candidates
+
+
+def with_storage_copy(
+    prediction: Prediction, disk_mib: float, bandwidth_mibps: float, paced_mib: t.Optional[float] = None
+) -> Prediction:
+    """The prediction with a storage copy of disk_mib before memory moves, at bandwidth_mibps.
+
+    libvirt copies the disks first and moves memory once they are in sync; guest writes
+    meanwhile are mirrored as they happen, small next to the copy, and not modelled.
+    paced_mib: what the copy's pace counts when it differs from what crosses the wire: under a
+    bandwidth cap QEMU counts a disk's unallocated ranges too, so its whole size.
+    """
+    _check_number("disk_mib", disk_mib)
+    _check_number("bandwidth_mibps", bandwidth_mibps, strict=True)
+    paced = disk_mib if paced_mib is None else _check_number("paced_mib", paced_mib)
+    if not disk_mib and not paced:
+        return prediction
+    copy_s = paced / bandwidth_mibps
+    return dataclasses.replace(
+        prediction,
+        transferred_mib=prediction.transferred_mib + disk_mib,
+        total_s=prediction.total_s + copy_s,
+        disk_copy_mib=disk_mib,
+        disk_copy_s=copy_s,
+    )

@@ -46,6 +46,9 @@ MIGRATE_LIVE = 1
 MIGRATE_PEER2PEER = 2
 MIGRATE_PERSIST_DEST = 8
 MIGRATE_UNDEFINE_SOURCE = 16
+MIGRATE_NON_SHARED_DISK = 64
+MIGRATE_NON_SHARED_INC = 128
+MIGRATE_UNSAFE = 512
 MIGRATE_COMPRESSED = 2048
 MIGRATE_AUTO_CONVERGE = 8192
 MIGRATE_POSTCOPY = 32768
@@ -56,12 +59,19 @@ FLAG_NAMES = (
     (MIGRATE_PEER2PEER, "peer2peer"),
     (MIGRATE_PERSIST_DEST, "persist_dest"),
     (MIGRATE_UNDEFINE_SOURCE, "undefine_source"),
+    (MIGRATE_NON_SHARED_DISK, "non_shared_disk"),
+    (MIGRATE_NON_SHARED_INC, "non_shared_inc"),
+    (MIGRATE_UNSAFE, "unsafe"),
     (MIGRATE_COMPRESSED, "compressed"),
     (MIGRATE_AUTO_CONVERGE, "auto_converge"),
     (MIGRATE_POSTCOPY, "postcopy"),
     (MIGRATE_TLS, "tls"),
     (MIGRATE_PARALLEL, "parallel"),
 )
+# copy_storage: none (every disk is shared or already on the destination), all (copy the whole
+# disk), incremental (copy the top image only; its backing files are on the destination).
+COPY_STORAGE_CHOICES = ("none", "all", "incremental")
+COPY_STORAGE_FLAGS = {"all": MIGRATE_NON_SHARED_DISK, "incremental": MIGRATE_NON_SHARED_INC}
 # virDomainJobType values jobStats() reports.
 JOB_NONE = 0
 
@@ -123,6 +133,10 @@ class EngineOptions:
     stall_timeout_s: int = DEFAULT_STALL_TIMEOUT_S
     max_transfer_ratio: float = DEFAULT_MAX_TRANSFER_RATIO
     shaking_iterations: int = DEFAULT_SHAKING_ITERATIONS
+    copy_storage: str = "none"
+    migrate_disks: t.Optional[t.Tuple[str, ...]] = None
+    allow_unsafe: bool = False
+    keep_source_disks: bool = False
 
 
 def _at_least(value: t.Any, minimum: float, option: str, unit: str = "") -> None:
@@ -146,6 +160,10 @@ def engine_options(
     stall_timeout_s: int = DEFAULT_STALL_TIMEOUT_S,
     max_transfer_ratio: float = DEFAULT_MAX_TRANSFER_RATIO,
     shaking_iterations: int = DEFAULT_SHAKING_ITERATIONS,
+    copy_storage: str = "none",
+    migrate_disks: t.Optional[t.Sequence[str]] = None,
+    allow_unsafe: bool = False,
+    keep_source_disks: bool = False,
 ) -> EngineOptions:
     """Check the options before anything connects; each error names its option."""
     if strategy not in STRATEGY_CHOICES:
@@ -181,6 +199,23 @@ def engine_options(
             "choose one of them",
             option="compression",
         )
+    if copy_storage not in COPY_STORAGE_CHOICES:
+        raise MigrationError(
+            "copy_storage must be one of %s, got '%s'" % (", ".join(COPY_STORAGE_CHOICES), copy_storage),
+            option="copy_storage",
+        )
+    disks = None
+    if migrate_disks is not None:
+        if copy_storage == "none":
+            raise MigrationError(
+                "migrate_disks names the disks a storage copy takes along: set copy_storage to all or incremental",
+                option="migrate_disks",
+            )
+        if not migrate_disks or not all(isinstance(d, str) and d.strip() for d in migrate_disks):
+            raise MigrationError(
+                "migrate_disks must list disk targets such as vda, got %r" % (list(migrate_disks),), option="migrate_disks"
+            )
+        disks = tuple(dict.fromkeys(d.strip() for d in migrate_disks))
     if migrate_uri is not None and "://" not in migrate_uri:
         raise MigrationError(
             "migrate_uri must look like tcp://ADDRESS[:PORT], got '%s'" % migrate_uri, option="migrate_uri"
@@ -199,6 +234,10 @@ def engine_options(
         stall_timeout_s=int(stall_timeout_s),
         max_transfer_ratio=float(max_transfer_ratio),
         shaking_iterations=int(shaking_iterations),
+        copy_storage=copy_storage,
+        migrate_disks=disks,
+        allow_unsafe=bool(allow_unsafe),
+        keep_source_disks=bool(keep_source_disks),
     )
 
 
@@ -218,7 +257,10 @@ class MigrationPlan:
     happens once shaking is detected: postcopy (switch), the throttle set
     (XBZRLE, auto-converge and the downtime ramp), or none (pre-copy alone:
     the guards decide). switch_after_first_pass: post-copy strategy, switch
-    once the first pass is done whatever the rounds show.
+    once the first pass is done whatever the rounds show. copied_disks: the
+    disk targets the storage copy takes along, before memory. memory_bandwidth_mibps:
+    the cap to restore for memory once the disks are in sync, when the copy of
+    several disks started with the cap shared among them.
     """
 
     strategy: str
@@ -229,6 +271,8 @@ class MigrationPlan:
     downtime_steps_ms: t.Tuple[int, ...]
     xbzrle_cache_mib: t.Optional[int]
     switch_after_first_pass: bool
+    copied_disks: t.Tuple[str, ...] = ()
+    memory_bandwidth_mibps: t.Optional[int] = None
 
     @property
     def flag_names(self) -> t.List[str]:
@@ -244,6 +288,7 @@ class MigrationPlan:
             "downtime_steps_ms": list(self.downtime_steps_ms),
             "xbzrle_cache_mib": self.xbzrle_cache_mib,
             "switch_after_first_pass": self.switch_after_first_pass,
+            "copied_disks": list(self.copied_disks),
         }
 
 
@@ -274,13 +319,15 @@ def plan_migration(
     prediction: t.Optional[Prediction],
     memory_mib: float,
     hot_set_mib: t.Optional[float],
+    copied_disks: t.Sequence[str] = (),
 ) -> MigrationPlan:
     """Resolve the strategy and turn it into flags, parameters and a hot-layer treatment.
 
     prediction: the convergence model's choice for these options (None when
     the dirty rate was not measured). memory_mib: the guest's memory.
     hot_set_mib: the measured volume of pages rewritten within the
-    measurement window, used to size the XBZRLE cache.
+    measurement window, used to size the XBZRLE cache. copied_disks: the
+    targets of the local disks a storage copy takes along (see disks_to_copy).
     """
     strategy = options.strategy
     if strategy == "auto":
@@ -303,8 +350,19 @@ def plan_migration(
     if options.persist:
         flags |= MIGRATE_PERSIST_DEST | MIGRATE_UNDEFINE_SOURCE
     params: t.Dict[str, t.Any] = {}
+    memory_bandwidth = None
     if options.bandwidth_mibps:
         params["bandwidth"] = options.bandwidth_mibps
+    if copied_disks:
+        flags |= COPY_STORAGE_FLAGS[options.copy_storage]
+        params["migrate_disks"] = list(copied_disks)
+        if options.bandwidth_mibps and len(copied_disks) > 1:
+            # libvirt gives every disk's copy the whole cap, all at once: the cap is shared among
+            # them, then given back to memory, which moves once the disks are in sync.
+            params["bandwidth"] = max(1, options.bandwidth_mibps // len(copied_disks))
+            memory_bandwidth = options.bandwidth_mibps
+    if options.allow_unsafe:
+        flags |= MIGRATE_UNSAFE
     if options.migrate_uri:
         params["migrate_uri"] = options.migrate_uri
     if options.tls:
@@ -354,6 +412,8 @@ def plan_migration(
         downtime_steps_ms=downtime_steps(options.max_downtime_ms, ramp),
         xbzrle_cache_mib=xbzrle_cache,
         switch_after_first_pass=strategy == "postcopy",
+        copied_disks=tuple(copied_disks),
+        memory_bandwidth_mibps=memory_bandwidth,
     )
 
 
@@ -367,6 +427,7 @@ class JobSample:
     iteration: QEMU's count of dirty-bitmap syncs (1 during the first pass,
     n + 1 during pass n). dirty_rate_mibps: what the guest dirtied during the
     last pass, per second. throughput_mibps: what QEMU sends per second.
+    disk_*: the storage copy, which runs before memory moves (0 without one).
     """
 
     elapsed_s: float
@@ -379,6 +440,9 @@ class JobSample:
     postcopy_requests: int = 0
     throttle_percent: t.Optional[int] = None
     job_elapsed_ms: t.Optional[int] = None
+    disk_total_mib: float = 0.0
+    disk_processed_mib: float = 0.0
+    disk_remaining_mib: float = 0.0
 
 
 def _mib(value: t.Any) -> float:
@@ -401,6 +465,9 @@ def parse_job_stats(stats: t.Optional[t.Mapping[str, t.Any]], elapsed_s: float) 
         postcopy_requests=int(stats.get("memory_postcopy_requests") or 0),
         throttle_percent=stats.get("auto_converge_throttle"),
         job_elapsed_ms=stats.get("time_elapsed"),
+        disk_total_mib=_mib(stats.get("disk_total")),
+        disk_processed_mib=_mib(stats.get("disk_processed")),
+        disk_remaining_mib=_mib(stats.get("disk_remaining")),
     )
 
 
@@ -494,6 +561,9 @@ class MigrationJob(t.Protocol):
 
     def start_postcopy(self) -> None:
         """Switch the running job to post-copy."""
+
+    def set_max_speed(self, bandwidth_mibps: int) -> None:
+        """Set the memory bandwidth cap of the running job."""
 
     def abort(self) -> None:
         """Abort the running job; the domain stays on its source."""
@@ -660,6 +730,7 @@ class _Monitor:
         self.ramping = False
         self.rules_seen: t.Set[str] = set()
         self.job_started = timeline.clock()
+        self.disks_in_sync = False
 
     def job_s(self) -> float:
         """Seconds since the migration job started: what timeout_s bounds."""
@@ -682,9 +753,15 @@ class _Monitor:
         if not self.downtime_applied:
             self.downtime_applied = True
             self.set_downtime("initial target")
-        if sample.processed_mib > self.progress_mib:
-            self.progress_mib = sample.processed_mib
+        # The storage copy is progress too: memory does not move until the disks are in sync.
+        sent_mib = sample.processed_mib + sample.disk_processed_mib
+        if sent_mib > self.progress_mib:
+            self.progress_mib = sent_mib
             self.progress_at = sample.elapsed_s
+        if self.plan.copied_disks and not self.disks_in_sync and sample.disk_total_mib > 0 and (
+            sample.disk_remaining_mib <= 0 or sample.processed_mib > 0
+        ):
+            self.on_disks_in_sync(sample)
         if sample.iteration <= self.iteration:
             return
         self.iteration = sample.iteration
@@ -721,6 +798,19 @@ class _Monitor:
             self.rules_seen.add(rule)
             self.event("shaking", rule=rule, detail=detail)
         self.treat_hot_layer(rule)
+
+    def on_disks_in_sync(self, sample: JobSample) -> None:
+        self.disks_in_sync = True
+        self.event("layer", layer="storage", action="disks in sync", disks=list(self.plan.copied_disks),
+                   disk_mib=round(sample.disk_total_mib, 1))
+        if self.plan.memory_bandwidth_mibps:
+            try:
+                self.job.set_max_speed(self.plan.memory_bandwidth_mibps)
+            except Exception as exc:  # the job may be ending; memory then moved at the shared cap
+                self.event("bandwidth", bandwidth_mibps=self.plan.memory_bandwidth_mibps, error=str(exc))
+                return
+            self.event("bandwidth", bandwidth_mibps=self.plan.memory_bandwidth_mibps,
+                       why="the disks are in sync: memory gets the whole cap")
 
     def treat_hot_layer(self, rule: str) -> None:
         if self.plan.hot_layer == HOT_LAYER_POSTCOPY:
@@ -887,6 +977,9 @@ def summarize_stats(
             if completed.get("memory_dirty_rate") is not None else None
         ),
         "auto_converge_throttle_percent": completed.get("auto_converge_throttle"),
+        # libvirt reports 0 disk bytes for a migration without a storage copy: no copy, no figure.
+        "disk_total_mib": _rounded_mib(completed.get("disk_total")) if completed.get("disk_total") else None,
+        "disk_transferred_mib": _rounded_mib(completed.get("disk_processed")) if completed.get("disk_total") else None,
     }
     from_sample: t.Dict[str, t.Any] = {}
     if last is not None:
@@ -899,6 +992,8 @@ def summarize_stats(
             "throughput_mibps": round(last.throughput_mibps, 1),
             "dirty_rate_mibps": round(last.dirty_rate_mibps, 1),
             "auto_converge_throttle_percent": last.throttle_percent,
+            "disk_total_mib": round(last.disk_total_mib, 1) if last.disk_total_mib else None,
+            "disk_transferred_mib": round(last.disk_processed_mib, 1) if last.disk_total_mib else None,
         }
     stats: t.Dict[str, t.Any] = {}
     sources: t.Dict[str, str] = {}

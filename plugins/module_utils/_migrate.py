@@ -32,7 +32,11 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
     ensure_restored,
     parse_compaction_record,
 )
-from ansible_collections.strata.migration.plugins.module_utils._convergence import Prediction, choose_strategy
+from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    Prediction,
+    choose_strategy,
+    with_storage_copy,
+)
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     ABORT_GRACE_S,
     POLL_S,
@@ -66,6 +70,7 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
     PreflightData,
     PreflightOptions,
     PreflightReport,
+    disks_to_copy,
     evaluate,
     gather_preflight,
     memory_to_send,
@@ -86,6 +91,16 @@ DEFAULT_POSTCOPY_RECOVERY_TIMEOUT_S = 300
 COMPLETED_EVENT_WAIT_S = 2.0
 DOMAIN_RUNNING = 1
 PAUSED_MIGRATION = 2
+ERR_MIGRATE_UNSAFE = 81
+ERR_NO_STORAGE_VOL = 50
+LIST_POOLS_ACTIVE = 2
+UNSAFE_HINT = (
+    "libvirt cannot tell that every disk is safe to use from both hosts (a filesystem it does not know is shared, "
+    "or a cache mode other than none or directsync): copy local disks with copy_storage=all (and name in "
+    "migrate_disks a disk whose path holds a stale image on the destination), or set allow_unsafe=true only when "
+    "the storage really is shared by both hosts"
+)
+MIB = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +128,7 @@ class LibvirtMigrationJob:
         self.peer_uri = peer_uri
         self._thread: t.Optional[threading.Thread] = None
         self._error: t.Optional[str] = None
+        self.error_code: t.Optional[int] = None
         self._completed = threading.Event()
         self._completed_stats: t.Optional[t.Dict[str, t.Any]] = None
         self._callback_id: t.Optional[int] = None
@@ -133,6 +149,7 @@ class LibvirtMigrationJob:
             try:
                 self.migrating_dom.migrateToURI3(self.peer_uri, dict(params), flags)
             except Exception as exc:  # handed to the monitor; a bad parameter type raises TypeError
+                self.error_code = libvirt_error_code(exc) if isinstance(exc, LibvirtError) else None
                 self._error = describe_libvirt_error(exc)
 
         # A daemon thread: should libvirt never return, the module still exits at its bounds.
@@ -159,6 +176,9 @@ class LibvirtMigrationJob:
 
     def start_postcopy(self) -> None:
         self.dom.migrateStartPostCopy(0)
+
+    def set_max_speed(self, bandwidth_mibps: int) -> None:
+        self.dom.migrateSetMaxSpeed(bandwidth_mibps, 0)
 
     def abort(self) -> None:
         self.dom.abortJob()
@@ -264,6 +284,10 @@ def _prediction_for(
     return chosen, described, candidates[0].converges
 
 
+def _storage_copy_mib(disks: t.Sequence[t.Any], copied: t.Sequence[str], field: str = "allocation_bytes") -> float:
+    return sum((getattr(d, field) or 0) for d in disks if d.target in copied) / MIB
+
+
 def _prediction_dict(prediction: t.Optional[Prediction], inputs: t.Optional[t.Dict[str, t.Any]]) -> t.Optional[t.Dict[str, t.Any]]:
     if prediction is None:
         return None
@@ -338,6 +362,7 @@ class _Run:
             "prediction": None,
             "preflight": None,
             "placement": None,
+            "removed_volumes": [],
         }
 
     def fail(self, msg: str, **details: t.Any) -> MigrationError:
@@ -418,14 +443,23 @@ class _Run:
         prediction, inputs, precopy_converges = _prediction_for(
             domain, memory_mib, data.dirty_rate_mibps, self.options
         )
+        copied = disks_to_copy(data.disks, self.preflight_options)
+        if prediction is not None and inputs is not None and copied:
+            paced = _storage_copy_mib(data.disks, copied, "capacity_bytes") if self.options.bandwidth_mibps else None
+            prediction = with_storage_copy(prediction, _storage_copy_mib(data.disks, copied), inputs["bandwidth_mibps"],
+                                           paced)
         self.result["prediction"] = _prediction_dict(prediction, inputs)
         hot_set_mib = data.dirty_rate_mibps * 1.0 if data.dirty_rate_mibps is not None else None
-        plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib)
+        plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib, copied)
+        if copied:
+            self.event("layer", layer="storage", action="plan", disks=copied, copy_storage=self.options.copy_storage,
+                       disk_mib=round(_storage_copy_mib(data.disks, copied), 1))
         self.result["strategy"] = plan.to_dict()
         self.result["changed"] = True
         if check_mode:
             return self.result
-        self.migrate(dom, plan, precopy_converges, compact and self.result["compaction"] is not None)
+        self.migrate(dom, plan, precopy_converges, compact and self.result["compaction"] is not None,
+                     [d for d in data.disks if d.target in copied])
         return self.result
 
     def resume_broken_postcopy(self, dom: t.Any, check_mode: bool) -> t.Dict[str, t.Any]:
@@ -454,7 +488,10 @@ class _Run:
         self.finish_failure(dom, outcome, was_running=False, compacted=False)
         return self.result
 
-    def migrate(self, dom: t.Any, plan: MigrationPlan, precopy_converges: t.Optional[bool], compacted: bool) -> None:
+    def migrate(
+        self, dom: t.Any, plan: MigrationPlan, precopy_converges: t.Optional[bool], compacted: bool,
+        copied_disks: t.Sequence[t.Any] = (),
+    ) -> None:
         was_running = dom.state()[0] == DOMAIN_RUNNING
         with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
@@ -469,8 +506,42 @@ class _Run:
         self.result["shaking"] = outcome.shaking
         if outcome.completed:
             self.finish_success(completed_stats, outcome.last_sample, compacted)
+            if copied_disks and self.options.persist and not self.options.keep_source_disks:
+                # The domain now runs and is defined on the destination only: the source's images are stale.
+                self.remove_images("source", self.source, copied_disks)
             return
+        if job.error_code == ERR_MIGRATE_UNSAFE and not outcome.hint:
+            outcome = dataclasses.replace(outcome, hint=UNSAFE_HINT)
+        made_here = [d for d in copied_disks if d.location == "local"]
+        if made_here and not outcome.postcopy_started:
+            # These images were not on the destination before: the copy made them.
+            self.remove_images("destination", self.destination, made_here)
         self.finish_failure(dom, outcome, was_running, compacted)
+
+    def remove_images(self, role: str, client: LibvirtClient, disks: t.Sequence[t.Any]) -> None:
+        """Delete the disks' images on the host where the domain no longer is (or never came).
+
+        Never while the domain is defined or active there: the image it uses is never touched.
+        Only file images that are volumes of a pool; anything else is the operator's to manage.
+        """
+        if find_domain(client.conn, self.name) is not None:
+            self.event("cleanup", host=role, note="the domain is on the %s: its images stay" % role)
+            return
+        removed, failed = [], []
+        for disk in disks:
+            if disk.type != "file":
+                continue
+            try:
+                volume = _volume_at(client.conn, disk.source)
+                if volume is None:
+                    continue
+                volume.delete(0)
+                removed.append(disk.source)
+            except LibvirtError as exc:
+                failed.append("%s: %s" % (disk.source, describe_libvirt_error(exc)))
+        self.result["removed_volumes"].extend({"host": role, "path": path} for path in removed)
+        if removed or failed:
+            self.event("cleanup", host=role, removed=removed, errors=failed)
 
     def recover_postcopy(
         self, migrating_dom: t.Any, dom: t.Any, plan: MigrationPlan, failed: MonitorOutcome
@@ -637,6 +708,18 @@ class _Run:
         else:
             msg += "; once the cause is fixed, run the task again"
         raise self.fail(msg, running_on=runs_on)
+
+
+def _volume_at(conn: t.Any, path: str) -> t.Any:
+    """The host's storage volume at this path, None when no active pool holds one (pools rescanned first)."""
+    for pool in conn.listAllStoragePools(LIST_POOLS_ACTIVE):
+        pool.refresh(0)
+    try:
+        return conn.storageVolLookupByPath(path)
+    except LibvirtError as exc:
+        if libvirt_error_code(exc) == ERR_NO_STORAGE_VOL:
+            return None
+        raise
 
 
 def _runs_on(where: t.Mapping[str, t.Mapping[str, t.Any]]) -> str:

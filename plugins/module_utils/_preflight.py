@@ -29,6 +29,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     choose_strategy,
     estimate_memory_to_send,
 )
+from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
     DomainFacts,
     DomainNotFoundError,
@@ -84,6 +85,7 @@ COMPARE_CPU_FAIL_INCOMPATIBLE = 1
 ERR_CPU_INCOMPATIBLE = 91
 ERR_NO_STORAGE_POOL = 49
 ERR_NO_STORAGE_VOL = 50
+MIB = 1024 * 1024
 LIST_INTERFACES_ACTIVE = 2
 
 # Bandwidth assumed for the prediction when bandwidth_mibps is 0: a 10 Gbit/s link.
@@ -92,6 +94,10 @@ DEFAULT_PREDICTION_BANDWIDTH_MIBPS = 1192
 _ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "pmsuspended")
 # Disk source types libvirt cannot create on the destination for a storage copy.
 _UNCOPYABLE_DISK_TYPES = ("dir", "nvme", "vhostuser", "vhostvdpa")
+# Pool types whose volumes every host attached to the pool sees: libvirt migrates their disks
+# without a copy. A dir or fs pool is shared only when its folder is on a filesystem libvirt
+# recognizes as shared (NFS, GFS2, OCFS2, CephFS, GlusterFS, GPFS ...), which only the hosts know.
+_SHARED_POOL_TYPES = ("netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog", "vstorage")
 # Interfaces whose source is handled by the devices check (host hardware).
 _DEVICE_INTERFACE_TYPES = ("hostdev", "vdpa")
 
@@ -119,7 +125,9 @@ class PreflightOptions:
     reserve_mib: int = 0
     dest_capacity_mib: t.Optional[int] = None
     compaction_restore: bool = False
-    copy_storage: bool = False
+    copy_storage: str = "none"
+    migrate_disks: t.Optional[t.Tuple[str, ...]] = None
+    allow_unsafe: bool = False
     dest_in_maintenance: bool = False
     measure_dirty_rate_s: int = 0
     dirty_rate_timeout_s: t.Optional[int] = None
@@ -171,7 +179,10 @@ class DiskPlacement:
     location: shared (network disk or <shareable/>), destination (the path or
     pool volume is a volume of a storage pool on the destination) or local.
     pool: the destination pool holding it, or for a local disk the pool a
-    storage copy would be created in (None when there is none).
+    storage copy would be created in (None when there is none); pool_type its
+    type (dir, netfs ...) and pool_available_bytes its free space. allocation_bytes:
+    what the disk holds on the source, what a copy writes; capacity_bytes: its size
+    as the guest sees it (both None when unread).
     """
 
     target: t.Optional[str]
@@ -180,6 +191,10 @@ class DiskPlacement:
     readonly: bool
     location: str
     pool: t.Optional[str] = None
+    pool_type: t.Optional[str] = None
+    pool_available_bytes: t.Optional[int] = None
+    allocation_bytes: t.Optional[int] = None
+    capacity_bytes: t.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -261,7 +276,9 @@ def preflight_options(
     reserve_mib: int = 0,
     dest_capacity_mib: t.Optional[int] = None,
     compaction_restore: bool = False,
-    copy_storage: bool = False,
+    copy_storage: str = "none",
+    migrate_disks: t.Optional[t.Sequence[str]] = None,
+    allow_unsafe: bool = False,
     dest_in_maintenance: bool = False,
     measure_dirty_rate_s: int = 0,
     bandwidth_mibps: int = 0,
@@ -285,6 +302,16 @@ def preflight_options(
             "dest_capacity_mib must be at least 1 (MiB) when given, got %d" % dest_capacity_mib,
             option="dest_capacity_mib",
         )
+    if copy_storage not in COPY_STORAGE_CHOICES:
+        raise PreflightError(
+            "copy_storage must be one of %s, got '%s'" % (", ".join(COPY_STORAGE_CHOICES), copy_storage),
+            option="copy_storage",
+        )
+    if migrate_disks is not None and copy_storage == "none":
+        raise PreflightError(
+            "migrate_disks names the disks a storage copy takes along: set copy_storage to all or incremental",
+            option="migrate_disks",
+        )
     if max_downtime_ms < 1:
         raise PreflightError(
             "max_downtime_ms must be at least 1, got %d" % max_downtime_ms, option="max_downtime_ms"
@@ -295,6 +322,8 @@ def preflight_options(
         dest_capacity_mib=dest_capacity_mib,
         compaction_restore=compaction_restore,
         copy_storage=copy_storage,
+        migrate_disks=tuple(migrate_disks) if migrate_disks is not None else None,
+        allow_unsafe=allow_unsafe,
         dest_in_maintenance=dest_in_maintenance,
         measure_dirty_rate_s=measure_dirty_rate_s,
         dirty_rate_timeout_s=resolve_dirty_rate_timeout(measure_dirty_rate_s),
@@ -695,20 +724,61 @@ def _disk_name(disk: DiskPlacement) -> str:
     return "%s (%s)" % (disk.target or "?", disk.source)
 
 
+def disks_to_copy(disks: t.Sequence[DiskPlacement], options: PreflightOptions) -> t.List[str]:
+    """Targets of the disks a storage copy takes along: those named in migrate_disks, else every
+    local writable disk; none without copy_storage."""
+    if options.copy_storage == "none":
+        return []
+    if options.migrate_disks is not None:
+        return list(options.migrate_disks)
+    return [d.target for d in disks if d.location == "local" and not d.readonly and d.target]
+
+
+def _mib_text(value: t.Optional[int]) -> str:
+    return "?" if value is None else "%d MiB" % -(-value // MIB)
+
+
 def _disk_verdict(disk: DiskPlacement, options: PreflightOptions) -> t.Tuple[str, str, t.Optional[str]]:
     """(status, note, override) for one disk."""
     name = _disk_name(disk)
+    named = options.migrate_disks is not None and disk.target in options.migrate_disks
+    if named and (disk.location == "shared" or disk.pool_type in _SHARED_POOL_TYPES):
+        return FAIL, (
+            "%s is in migrate_disks, but the destination already reaches it: a copy would write over the disk "
+            "the guest is using; leave it out of migrate_disks" % name
+        ), None
+    if named and disk.location == "destination":
+        return WARN, (
+            "%s is in migrate_disks and an image at the same path is in pool '%s' on the destination: the copy "
+            "writes over it, which is right only when it is a stale copy, not the image the guest uses seen "
+            "through storage both hosts share (then leave it out)" % (name, disk.pool)
+        ), None
     if disk.location == "shared":
         return PASS, "%s is shared storage" % name, None
     if disk.location == "destination":
-        return PASS, "%s is a volume of pool '%s' on the destination" % (name, disk.pool), None
+        if disk.pool_type in _SHARED_POOL_TYPES:
+            return PASS, "%s is a volume of %s pool '%s', shared with the destination" % (name, disk.pool_type, disk.pool), None
+        if options.allow_unsafe:
+            return WARN, (
+                "%s is a volume of pool '%s' on the destination too; allow_unsafe=true tells libvirt not to check "
+                "that its storage is shared: it must really be, or the guest's disk is corrupted" % (name, disk.pool)
+            ), None
+        return WARN, (
+            "%s is a volume of %s pool '%s' on the destination too: libvirt migrates it only when the folder is on "
+            "a filesystem it knows is shared (NFS, GFS2, OCFS2, CephFS, GlusterFS, GPFS) and refuses otherwise; "
+            "allow_unsafe=true overrides that, for storage both hosts really share"
+            % (name, disk.pool_type or "a", disk.pool)
+        ), None
     if disk.readonly:
         return FAIL, (
             "%s is a read-only local %s: storage copies skip read-only disks, so the image must exist at the same "
             "path on the destination (in one of its storage pools)" % (name, disk.type)
         ), None
-    if not options.copy_storage:
+    if options.copy_storage == "none":
         return FAIL, "%s is local to the source (%s)" % (name, disk.type), "copy_storage"
+    if options.migrate_disks is not None and not named:
+        return FAIL, "%s is local to the source and not in migrate_disks, so it would be left behind" % name, (
+            "migrate_disks")
     if disk.type in _UNCOPYABLE_DISK_TYPES:
         return FAIL, "%s is a local %s disk, which a storage copy cannot create on the destination" % (
             name, disk.type), None
@@ -723,13 +793,46 @@ def _disk_verdict(disk: DiskPlacement, options: PreflightOptions) -> t.Tuple[str
             "%s is local, and libvirt creates the copy in a storage pool of the destination: define %s there"
             % (name, need)
         ), None
-    return WARN, "%s is local: copied into pool '%s' on the destination (copy_storage)" % (name, disk.pool), None
+    return WARN, "%s is local: %s copied into pool '%s' on the destination (copy_storage=%s)" % (
+        name, _mib_text(disk.allocation_bytes), disk.pool, options.copy_storage), None
+
+
+def _pool_space_verdicts(disks: t.Sequence[DiskPlacement], options: PreflightOptions) -> t.List[t.Tuple[str, str, t.Optional[str]]]:
+    """A FAIL for each destination pool with less free space than the copies need.
+
+    libvirt creates each copy fully allocated (qemu-img preallocation=falloc) before it copies, so
+    a copy needs the disk's whole size; once created, the copy cannot run out of space.
+    """
+    copied = set(disks_to_copy(disks, options))
+    needs: t.Dict[str, t.List[DiskPlacement]] = {}
+    for disk in disks:
+        if disk.target in copied and disk.location == "local" and disk.pool and disk.capacity_bytes is not None:
+            needs.setdefault(disk.pool, []).append(disk)
+    verdicts = []
+    for pool, pool_disks in sorted(needs.items()):
+        needed = sum(d.capacity_bytes or 0 for d in pool_disks)
+        available = pool_disks[0].pool_available_bytes
+        if available is not None and needed > available:
+            verdicts.append((FAIL, (
+                "pool '%s' on the destination has %s free, and the copy of %s needs %s (libvirt creates it fully "
+                "allocated)" % (pool, _mib_text(available), ", ".join(d.target or "?" for d in pool_disks),
+                                _mib_text(needed))), None))
+    return verdicts
 
 
 def check_storage(data: PreflightData, options: PreflightOptions) -> Finding:
     if not data.disks:
+        if options.migrate_disks:
+            return Finding("storage", FAIL, "migrate_disks names %s, but the domain has no disk with a medium"
+                           % ", ".join(options.migrate_disks), "migrate_disks")
         return Finding("storage", PASS, "the domain has no disks with a medium")
     verdicts = [_disk_verdict(disk, options) for disk in data.disks]
+    known = {disk.target for disk in data.disks}
+    unknown = [target for target in options.migrate_disks or () if target not in known]
+    if unknown:
+        verdicts.append((FAIL, "migrate_disks names %s, which the domain has no disk with a medium for (it has %s)"
+                         % (", ".join(unknown), ", ".join(sorted(t for t in known if t))), "migrate_disks"))
+    verdicts.extend(_pool_space_verdicts(data.disks, options))
     notes = "; ".join(note for _status, note, _override in verdicts)
     failing = [v for v in verdicts if v[0] == FAIL]
     if failing:
@@ -1023,6 +1126,29 @@ def _volume_pool_by_path(dest_conn: t.Any, path: str) -> t.Optional[str]:
     return volume.storagePoolLookupByVolume().name()
 
 
+def _pool_details(dest_conn: t.Any, pool_name: t.Optional[str]) -> t.Tuple[t.Optional[str], t.Optional[int]]:
+    """(type, free bytes) of a destination pool; (None, None) when it cannot be read."""
+    if pool_name is None:
+        return None, None
+    try:
+        pool = dest_conn.storagePoolLookupByName(pool_name)
+        pool_type = ET.fromstring(pool.XMLDesc(0)).get("type")
+        return pool_type, int(pool.info()[3])
+    except (LibvirtError, ET.ParseError, IndexError, TypeError, ValueError):
+        return None, None
+
+
+def _disk_sizes(source_dom: t.Any, target: t.Optional[str]) -> t.Tuple[t.Optional[int], t.Optional[int]]:
+    """(capacity, allocation) of a disk on the source, from blockInfo; (None, None) when unread."""
+    if source_dom is None or not target:
+        return None, None
+    try:
+        info = source_dom.blockInfo(target, 0)
+        return int(info[0]), int(info[1])
+    except (LibvirtError, IndexError, TypeError, ValueError):
+        return None, None
+
+
 def _locate_path(dest_conn: t.Any, path: str, pools: t.Mapping[str, t.Any]) -> t.Tuple[bool, t.Optional[str]]:
     """(found on the destination, pool name) for a file or block path."""
     pool_name = _volume_pool_by_path(dest_conn, path)
@@ -1061,8 +1187,12 @@ def _locate_volume(dest_conn: t.Any, source: str) -> t.Tuple[bool, t.Optional[st
     return True, pool_name
 
 
-def locate_disks(dest_conn: t.Any, domain: DomainFacts) -> t.List[DiskPlacement]:
-    """Place every disk with a medium: shared, on the destination, or local."""
+def locate_disks(dest_conn: t.Any, domain: DomainFacts, source_dom: t.Any = None) -> t.List[DiskPlacement]:
+    """Place every disk with a medium: shared, on the destination, or local.
+
+    With source_dom (the pre-flight's view), each disk also gets its destination pool's type and free
+    space, and a local disk its allocation on the source, for the storage check.
+    """
     placements = []
     pools: t.Optional[t.Dict[str, t.Any]] = None
     for disk in domain.disks:
@@ -1079,9 +1209,12 @@ def locate_disks(dest_conn: t.Any, domain: DomainFacts) -> t.List[DiskPlacement]
             elif disk.type == "volume" and disk.source:
                 found, pool = _locate_volume(dest_conn, disk.source)
             location = "destination" if found else "local"
+        pool_type, available = _pool_details(dest_conn, pool) if source_dom is not None else (None, None)
+        capacity, allocation = _disk_sizes(source_dom, disk.target) if location == "local" else (None, None)
         placements.append(DiskPlacement(
             target=disk.target, source=disk.source, type=disk.type, readonly=disk.readonly,
-            location=location, pool=pool,
+            location=location, pool=pool, pool_type=pool_type, pool_available_bytes=available,
+            allocation_bytes=allocation, capacity_bytes=capacity,
         ))
     return placements
 
@@ -1154,7 +1287,7 @@ def gather_preflight(
     try:
         data.cpu = probe_cpu(dest_conn, facts, xml)
         data.capabilities = probe_capabilities(dest_conn, facts, xml)
-        data.disks = locate_disks(dest_conn, facts)
+        data.disks = locate_disks(dest_conn, facts, dom)
         data.dest_interfaces = list_active_interfaces(dest_conn)
     except LibvirtError as exc:
         raise _libvirt_failure("destination", dest_uri, exc) from exc

@@ -167,6 +167,48 @@ options:
       - Encrypt the migration data channel with TLS. Both hosts need libvirt's migration TLS certificates.
     type: bool
     default: false
+  copy_storage:
+    description:
+      - Take local disks along (storage migration). libvirt first copies each disk into the destination pool whose
+        folder holds the same path (it creates the volume there), keeps the copy in step with the guest's writes,
+        then moves memory. libvirt creates each copy fully allocated before copying, so a copy never runs out of
+        space once started; the pre-flight V(storage) check fails for a destination pool with less free space than
+        the size of the disks copied into it, and for a local disk while this is V(none).
+      - V(none) copies nothing; every disk must be shared or already on the destination. V(all) copies the whole
+        of each disk. V(incremental) copies only the top image of each disk, whose backing files must already be
+        on the destination.
+      - O(bandwidth_mibps) caps the disk copy too; with several disks, it is shared among them, then handed back
+        whole to memory once the disks are in sync.
+      - When the copy fails, the domain keeps running on its source, and the volumes the copy created on the
+        destination are deleted. After success, the source's images of the copied disks are deleted (with
+        O(persist=true), once the domain is verified running and defined on the destination only), unless
+        O(keep_source_disks=true). Either way RV(removed_volumes) lists them.
+    type: str
+    choices: [none, all, incremental]
+    default: none
+  keep_source_disks:
+    description:
+      - Keep the source's images of the disks a storage copy took along (libvirt's own behaviour). They are stale
+        copies once the domain runs on the destination, and an image left at the same path makes a later move back
+        to that host see it as already there.
+    type: bool
+    default: false
+  migrate_disks:
+    description:
+      - Targets (such as V(vda)) of the local disks to copy with O(copy_storage). Default every local writable
+        disk. A local disk left out fails the V(storage) check, since the guest would lose it; a disk the
+        destination already reaches must not be named, since the copy would write over it.
+    type: list
+    elements: str
+  allow_unsafe:
+    description:
+      - Let libvirt migrate disks it cannot prove safe (its C(--unsafe)). libvirt refuses a disk image in a folder
+        both hosts see unless it knows the filesystem is shared (NFS, GFS2, OCFS2, CephFS, GlusterFS, GPFS), and
+        a disk whose cache mode is not C(none) or C(directsync).
+      - Only for storage both hosts really share with a consistent cache, such as a cluster filesystem libvirt does
+        not recognize. Otherwise the guest's disk is corrupted.
+    type: bool
+    default: false
   persist:
     description:
       - Define the domain on the destination and undefine it on the source. With V(false) the domain is transient
@@ -316,9 +358,15 @@ strategy:
     switch_after_first_pass:
       description: Whether post-copy starts once the first pass is done whatever the statistics show.
       type: bool
+    copied_disks:
+      description: Targets of the disks the storage copy takes along (O(copy_storage)); empty without one.
+      type: list
+      elements: str
 prediction:
   description:
     - The convergence model's prediction for the strategy that ran, with its inputs, to set beside RV(stats).
+    - With a storage copy, C(disk_copy_mib) and C(disk_copy_s) are the disks' data and its copy time, counted in
+      C(transferred_mib) and C(total_s).
     - Null when the dirty rate was not measured.
   returned: unless already migrated
   type: dict
@@ -331,6 +379,8 @@ timeline:
       C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(shaking) (C(rule),
       C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(postcopy_recovery) (an attempt to resume a
       broken post-copy), V(resume) (a source left paused by the failure was resumed), V(restore), V(preflight)."
+    - "A storage copy adds V(layer) events with C(layer) V(storage) (C(action) V(plan), then V(disks in sync)),
+      V(bandwidth) (the whole cap handed back to memory) and V(cleanup) (volumes removed after a failed copy)."
   returned: always
   type: list
   elements: dict
@@ -386,6 +436,12 @@ stats:
     auto_converge_throttle_percent:
       description: How much auto-converge slowed the guest's vCPUs at the end, or null.
       type: int
+    disk_total_mib:
+      description: Size of the disks the storage copy took along, or null without one.
+      type: float
+    disk_transferred_mib:
+      description: What the storage copy sent, or null without one.
+      type: float
     compression:
       description: XBZRLE figures (C(cache_mib), C(compressed_mib), C(compressed_pages), C(cache_misses),
         C(overflow_pages)), or null.
@@ -413,6 +469,15 @@ aborted_by:
   description: The guard that aborted the job (V(timeout), V(transfer), V(stall)), or null.
   returned: on failure
   type: str
+removed_volumes:
+  description:
+    - Disk images the module deleted, each with C(host) (V(source) or V(destination)) and C(path). After a failed
+      storage copy, those the copy had created on the destination; after a successful one, the source's stale
+      images (see O(keep_source_disks)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"host": "source", "path": "/var/lib/libvirt/images/web1.qcow2"}]
 running_on:
   description: Where the domain runs after a failure, in words.
   returned: on failure
@@ -422,6 +487,7 @@ running_on:
 
 from ansible_collections.strata.migration.plugins.module_utils._base import StrataModule
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
+    COPY_STORAGE_CHOICES,
     DEFAULT_MAX_TRANSFER_RATIO,
     STRATEGY_CHOICES,
     engine_options,
@@ -461,6 +527,10 @@ def main() -> None:
             "parallel_connections": {"type": "int", "default": 1},
             "compression": {"type": "list", "elements": "str"},
             "tls": {"type": "bool", "default": False},
+            "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
+            "migrate_disks": {"type": "list", "elements": "str"},
+            "allow_unsafe": {"type": "bool", "default": False},
+            "keep_source_disks": {"type": "bool", "default": False},
             "persist": {"type": "bool", "default": True},
             "preflight": {"type": "bool", "default": True},
             "measure_dirty_rate_s": {"type": "int", "default": 1},
@@ -488,6 +558,10 @@ def main() -> None:
             stall_timeout_s=params["stall_timeout_s"],
             max_transfer_ratio=params["max_transfer_ratio"],
             shaking_iterations=params["shaking_iterations"],
+            copy_storage=params["copy_storage"],
+            migrate_disks=params["migrate_disks"],
+            allow_unsafe=params["allow_unsafe"],
+            keep_source_disks=params["keep_source_disks"],
         )
         compaction = CompactionSettings(
             compact=params["compact"],
@@ -505,6 +579,9 @@ def main() -> None:
             max_downtime_ms=params["max_downtime_ms"],
             allow_postcopy=params["allow_postcopy"],
             qemu_overhead_mib=params["qemu_overhead_mib"],
+            copy_storage=params["copy_storage"],
+            migrate_disks=params["migrate_disks"],
+            allow_unsafe=params["allow_unsafe"],
         )
         progress_file = check_progress_file(params["progress_file"]) if params["progress_file"] else None
         with LibvirtClient(params["dest_uri"], params["connect_timeout_s"]) as destination:

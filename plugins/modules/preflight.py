@@ -46,9 +46,13 @@ description:
     make it fit; none when only more free memory would."
   - "V(storage): every disk with a medium is shared (a network disk, a C(<shareable/>) disk, or a file, block device
     or pool volume that is a volume of a storage pool on the destination) or is copied. A local disk fails unless
-    O(copy_storage=true), then it warns (it will be copied into the destination pool at the same path). Read-only
-    local disks, local disks without a destination pool to copy into and local C(dir)/C(nvme) disks fail.
-    Override: O(copy_storage) where that alone helps, otherwise none."
+    O(copy_storage) is V(all) or V(incremental), then it warns (it will be copied into the destination pool at the
+    same path). It fails for read-only local disks, local disks without a destination pool to copy into, local
+    C(dir)/C(nvme) disks, a local disk left out of O(migrate_disks), a disk in O(migrate_disks) the destination
+    already reaches, and a destination pool with less free space than the size of the disks copied into it (libvirt
+    creates each copy fully allocated). A disk image
+    both hosts see in a C(dir) or C(fs) pool warns: libvirt migrates it only from a filesystem it knows is shared.
+    Override: O(copy_storage) or O(migrate_disks) where that alone helps, otherwise none."
   - "V(networks): the libvirt networks, bridges and direct-attached host interfaces the domain's interfaces use exist
     and are active on the destination. Fails naming what to create or start there. Override: none."
   - "V(devices): nothing local-only blocks live migration: host devices other than USB (PCI, mdev, SCSI, capability
@@ -100,8 +104,22 @@ options:
     default: false
   copy_storage:
     description:
-      - Local disks will be copied to the destination during the migration (non-shared storage migration).
-        The V(storage) check then warns about them instead of failing.
+      - The storage copy the migration will make, as in M(strata.migration.live_migrate). With V(all) or
+        V(incremental) the V(storage) check warns about local disks instead of failing, and checks the
+        destination pools' free space.
+    type: str
+    choices: [none, all, incremental]
+    default: none
+  migrate_disks:
+    description:
+      - The local disks the copy takes along, as in M(strata.migration.live_migrate); default every local writable
+        disk.
+    type: list
+    elements: str
+  allow_unsafe:
+    description:
+      - The migration will run with libvirt's C(--unsafe), as in M(strata.migration.live_migrate); the V(storage)
+        check's warning for a disk image both hosts see then says so.
     type: bool
     default: false
   dest_in_maintenance:
@@ -178,7 +196,7 @@ EXAMPLES = r"""
     uri: qemu+ssh://root@hv1.example.com/system
     dest_uri: qemu+ssh://root@hv2.example.com/system
     name: db1
-    copy_storage: true
+    copy_storage: all
     reserve_mib: 2048
     dest_capacity_mib: "{{ hostvars['hv2'].strata_memory_capacity_mib }}"
     dest_in_maintenance: "{{ hostvars['hv2'].strata_maintenance | default(false) }}"
@@ -393,6 +411,7 @@ destination:
 """
 
 from ansible_collections.strata.migration.plugins.module_utils._base import StrataModule
+from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtError,
@@ -409,7 +428,9 @@ def main() -> None:
             "reserve_mib": {"type": "int", "default": 0},
             "dest_capacity_mib": {"type": "int"},
             "compaction_restore": {"type": "bool", "default": False},
-            "copy_storage": {"type": "bool", "default": False},
+            "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
+            "migrate_disks": {"type": "list", "elements": "str"},
+            "allow_unsafe": {"type": "bool", "default": False},
             "dest_in_maintenance": {"type": "bool", "default": False},
             "measure_dirty_rate_s": {"type": "int", "default": 0},
             "bandwidth_mibps": {"type": "int", "default": 0},
@@ -429,6 +450,8 @@ def main() -> None:
             dest_capacity_mib=params["dest_capacity_mib"],
             compaction_restore=params["compaction_restore"],
             copy_storage=params["copy_storage"],
+            migrate_disks=params["migrate_disks"],
+            allow_unsafe=params["allow_unsafe"],
             dest_in_maintenance=params["dest_in_maintenance"],
             measure_dirty_rate_s=params["measure_dirty_rate_s"],
             bandwidth_mibps=params["bandwidth_mibps"],

@@ -30,7 +30,7 @@ def lab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def lab_processes() -> list[tuple[int, str]]:
-    """libvirtd, QEMU and listening sshd processes that belong to the lab (their command line names a lab path)."""
+    """libvirtd, QEMU, listening sshd and nbdkit processes that belong to the lab (their command line names a lab path)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -43,7 +43,8 @@ def lab_processes() -> list[tuple[int, str]]:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             continue
         command = " ".join(a.decode(errors="replace") for a in argv if a)
-        if ("libvirtd" in command or "qemu-system" in command or command.startswith("sshd:")) and "strata-lab" in command:
+        lab_daemon = "libvirtd" in command or "qemu-system" in command or "nbdkit" in command or command.startswith("sshd:")
+        if lab_daemon and "strata-lab" in command:
             found.append((int(entry.name), command))
     return found
 

@@ -20,12 +20,14 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     POSTCOPY_SWITCH_MS,
     ZERO_PAGE_WIRE_FRACTION,
     MigrationInputs,
+    Prediction,
     choose_strategy,
     estimate_hot_set,
     estimate_memory_to_send,
     predict_layered,
     predict_postcopy,
     predict_precopy,
+    with_storage_copy,
 )
 
 
@@ -492,3 +494,18 @@ def test_memory_estimate_used_above_current_is_capped():
 def test_memory_estimate_rejects_negative_figures(kwargs, field):
     with pytest.raises(ValueError, match=field):
         estimate_memory_to_send(**kwargs)
+
+
+def test_a_storage_copy_adds_its_bytes_and_time_before_memory():
+    base = Prediction(strategy="precopy", converges=True, rounds=2, transferred_mib=300.0, total_s=3.0,
+                      downtime_ms=40.0, reason="Pre-copy: 2 rounds.")
+    with_copy = with_storage_copy(base, 1024.0, 128.0)
+    assert (with_copy.transferred_mib, with_copy.total_s) == (1324.0, 11.0)
+    assert (with_copy.disk_copy_mib, with_copy.disk_copy_s) == (1024.0, 8.0)
+    assert (with_copy.downtime_ms, with_copy.converges) == (40.0, True)
+    assert with_storage_copy(base, 0.0, 128.0) is base
+    # Under a cap QEMU paces the copy by the disk's whole size: 64 MiB of data in a 1 GiB disk.
+    capped = with_storage_copy(base, 64.0, 128.0, paced_mib=1024.0)
+    assert (capped.transferred_mib, capped.disk_copy_s) == (364.0, 8.0)
+    with pytest.raises(ValueError, match="bandwidth_mibps must be greater than 0"):
+        with_storage_copy(base, 10.0, 0.0)

@@ -413,6 +413,7 @@ def test_plan_to_dict_names_flags_and_params():
         "downtime_steps_ms": [75, 150, 225, 300],
         "xbzrle_cache_mib": 128,
         "switch_after_first_pass": False,
+        "copied_disks": [],
     }
     assert described["params"]["bandwidth"] == 50
 
@@ -662,6 +663,9 @@ class ScriptedJob:
         self.calls.append(("set_max_downtime", downtime_ms))
         if self.fail_downtime is not None:
             raise self.fail_downtime
+
+    def set_max_speed(self, bandwidth_mibps):
+        self.calls.append(("set_max_speed", bandwidth_mibps))
 
     def start_postcopy(self):
         self.calls.append(("start_postcopy",))
@@ -1102,6 +1106,7 @@ def test_summarize_completed_statistics_only():
         "total_ms": 4600, "downtime_ms": 16, "setup_ms": 12, "transferred_mib": 263.0, "memory_total_mib": 256.0,
         "memory_normal_mib": 200.0, "zero_pages": 1000, "iterations": 9, "postcopy_requests": 0,
         "throughput_mibps": 60.0, "dirty_rate_mibps": 10.0, "auto_converge_throttle_percent": 80,
+        "disk_total_mib": None, "disk_transferred_mib": None,
         "compression": None, "sources": {key: "completed_job" for key in KEYS},
     }
 
@@ -1120,6 +1125,7 @@ def test_summarize_last_sample_only(completed):
         "memory_total_mib": 512.0, "memory_normal_mib": None, "zero_pages": None, "iterations": 4,
         "postcopy_requests": 12, "throughput_mibps": 55.5, "dirty_rate_mibps": 33.3,
         "auto_converge_throttle_percent": None, "compression": None,
+        "disk_total_mib": None, "disk_transferred_mib": None,
         "sources": {key: "last_sample" for key in ["total_ms", "transferred_mib", "memory_total_mib", "iterations",
                                                    "postcopy_requests", "throughput_mibps", "dirty_rate_mibps"]},
     }
@@ -1342,3 +1348,98 @@ def test_monitor_reports_postcopy_at_the_poll_after_the_switch():
     first_postcopy = records[phases.index("postcopy")]
     # The switch happens at the first sight of pass 2 (poll 4), and is reported with that reading.
     assert first_postcopy["pass"] == 2 and first_postcopy["elapsed_s"] == 0.8
+
+
+# ---- storage copy ------------------------------------------------------------
+
+
+def test_copy_storage_options_are_checked():
+    with pytest.raises(MigrationError, match="copy_storage must be one of none, all, incremental, got 'some'"):
+        engine_options(copy_storage="some")
+    with pytest.raises(MigrationError, match="set copy_storage to all or incremental") as raised:
+        engine_options(migrate_disks=["vda"])
+    assert raised.value.details["option"] == "migrate_disks"
+    with pytest.raises(MigrationError, match="migrate_disks must list disk targets"):
+        engine_options(copy_storage="all", migrate_disks=[" "])
+    assert engine_options(copy_storage="all", migrate_disks=["vda", "vdb", "vda"]).migrate_disks == ("vda", "vdb")
+
+
+@pytest.mark.parametrize("copy_storage, flag", [("all", "non_shared_disk"), ("incremental", "non_shared_inc")])
+def test_plan_with_copied_disks_asks_for_the_storage_copy(copy_storage, flag):
+    options = engine_options(strategy="precopy", copy_storage=copy_storage, bandwidth_mibps=100)
+    plan = plan_migration(options, None, 256, None, ["vda"])
+    assert flag in plan.flag_names
+    assert plan.params["migrate_disks"] == ["vda"]
+    # One disk: the copy and then memory run one after the other at the whole cap.
+    assert (plan.params["bandwidth"], plan.memory_bandwidth_mibps) == (100, None)
+    assert plan.to_dict()["copied_disks"] == ["vda"]
+
+
+def test_plan_without_disks_to_copy_sets_no_storage_flag():
+    plan = plan_migration(engine_options(copy_storage="all"), None, 256, None, [])
+    assert not {"non_shared_disk", "non_shared_inc"} & set(plan.flag_names)
+    assert "migrate_disks" not in plan.params
+
+
+def test_plan_shares_the_cap_among_disks_and_gives_it_back_to_memory():
+    options = engine_options(strategy="precopy", copy_storage="all", bandwidth_mibps=100)
+    plan = plan_migration(options, None, 256, None, ["vda", "vdb", "vdc"])
+    assert (plan.params["bandwidth"], plan.memory_bandwidth_mibps) == (33, 100)
+
+
+def test_allow_unsafe_sets_libvirts_unsafe_flag():
+    assert "unsafe" in plan_migration(engine_options(allow_unsafe=True), None, 256, None).flag_names
+    assert "unsafe" not in plan_migration(engine_options(), None, 256, None).flag_names
+
+
+def disk_phase(total_mib, step_mib):
+    """Polls of a storage copy of total_mib, step_mib a poll, then memory moving."""
+    def script(poll):
+        copied = min(total_mib, poll * step_mib)
+        memory = max(0.0, poll * step_mib - total_mib)
+        return job_stats(1 if memory else 0, memory, remaining_mib=max(0.0, 256.0 - memory),
+                         disk_total=int(total_mib * MIB), disk_processed=int(copied * MIB),
+                         disk_remaining=int((total_mib - copied) * MIB))
+    return script
+
+
+def test_a_long_storage_copy_is_progress_for_the_stall_guard():
+    options = engine_options(strategy="precopy", stall_timeout_s=1, timeout_s=100, copy_storage="all")
+    clock, the_plan = FakeClock(), plan_migration(options, None, 256, None, ["vda"])
+    # 20 s of disk copy, memory not moving at all meanwhile: stall_timeout_s is 1 s.
+    job = ScriptedJob(clock, disk_phase(1024.0, 10.0), ends_at=110)
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    assert outcome.completed is True
+    assert job.called("abort") == []
+    in_sync = [e for e in events(timeline, "layer") if e.get("layer") == "storage"]
+    assert [(e["action"], e["disks"], e["disk_mib"]) for e in in_sync] == [("disks in sync", ["vda"], 1024.0)]
+    assert job.called("set_max_speed") == []
+
+
+def test_a_storage_copy_that_stops_trips_the_stall_guard():
+    options = engine_options(strategy="precopy", stall_timeout_s=1, copy_storage="all")
+    clock, the_plan = FakeClock(), plan_migration(options, None, 256, None, ["vda"])
+    job = ScriptedJob(clock, lambda poll: disk_phase(1024.0, 10.0)(min(poll, 3)))
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    assert_aborted_on_source(outcome, timeline, job, "stall", "stall_timeout_s")
+
+
+def test_memory_gets_the_whole_cap_once_several_disks_are_in_sync():
+    options = engine_options(strategy="precopy", timeout_s=100, copy_storage="all", bandwidth_mibps=90)
+    clock, the_plan = FakeClock(), plan_migration(options, None, 256, None, ["vda", "vdb"])
+    job = ScriptedJob(clock, disk_phase(100.0, 10.0), ends_at=30)
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    assert outcome.completed is True
+    assert job.calls[0][2]["bandwidth"] == 45
+    assert job.called("set_max_speed") == [("set_max_speed", 90)]
+    # Raised once, as the disks came in sync (poll 10), not before.
+    bandwidth = events(timeline, "bandwidth")
+    assert [e["bandwidth_mibps"] for e in bandwidth] == [90]
+    assert bandwidth[0]["t_s"] >= 10 * POLL_S - 1e-6
+
+
+def test_summary_counts_the_storage_copy():
+    stats = summarize_stats({"disk_total": 1024 * MIB, "disk_processed": 1030 * MIB}, None)
+    assert (stats["disk_total_mib"], stats["disk_transferred_mib"]) == (1024.0, 1030.0)
+    without_copy = summarize_stats({"disk_total": 0, "disk_processed": 0}, None)
+    assert (without_copy["disk_total_mib"], without_copy["disk_transferred_mib"]) == (None, None)

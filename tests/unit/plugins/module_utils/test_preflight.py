@@ -38,6 +38,8 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
 )
 from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeLibvirtError, FakeNetwork
 
+MIB = 1024 * 1024
+
 SOURCE_URI = "qemu+tcp://127.0.0.11/system"
 DEST_URI = "qemu+tcp://127.0.0.12/system"
 UUID = "95fa09b0-0f27-46c2-9e37-66c127a19081"
@@ -131,9 +133,10 @@ def disk(target="vda", source="/var/lib/libvirt/images/web1.qcow2", disk_type="f
                      shareable=shareable, empty=empty, shared=shared, local_file=disk_type == "file" and not empty)
 
 
-def placement(location, disk_type="file", readonly=False, pool=None, source="/var/lib/libvirt/images/web1.qcow2"):
-    return DiskPlacement(target="vda", source=source, type=disk_type, readonly=readonly, location=location,
-                         pool=pool)
+def placement(location, disk_type="file", readonly=False, pool=None, source="/var/lib/libvirt/images/web1.qcow2",
+              target="vda", **details):
+    return DiskPlacement(target=target, source=source, type=disk_type, readonly=readonly, location=location,
+                         pool=pool, **details)
 
 
 # ---- options ---------------------------------------------------------------
@@ -466,20 +469,51 @@ def test_memory_without_domain():
 @pytest.mark.parametrize("disks, opts, status, override, text", [
     ([], {}, PASS, None, "no disks"),
     ([placement("shared", "network", source="vms/web1")], {}, PASS, None, "vda (vms/web1) is shared storage"),
-    ([placement("destination", pool="shared")], {}, PASS, None, "is a volume of pool 'shared' on the destination"),
+    ([placement("destination", pool="shared", pool_type="netfs")], {}, PASS, None,
+     "is a volume of netfs pool 'shared', shared with the destination"),
+    # libvirt decides from the filesystem, which only the hosts see: a warning that names the override.
+    ([placement("destination", pool="shared", pool_type="dir")], {}, WARN, None, "allow_unsafe=true overrides"),
+    ([placement("destination", pool="shared", pool_type="dir")], {"allow_unsafe": True}, WARN, None,
+     "it must really be, or the guest's disk is corrupted"),
+    ([placement("destination", pool="shared", pool_type="netfs")], {"copy_storage": "all", "migrate_disks": ["vda"]},
+     FAIL, None, "a copy would write over the disk the guest is using"),
+    ([placement("shared", "network", source="vms/web1")], {"copy_storage": "all", "migrate_disks": ["vda"]},
+     FAIL, None, "a copy would write over the disk the guest is using"),
+    # The same path in a dir pool of the destination may be a stale copy: named, it is written over.
+    ([placement("destination", pool="local", pool_type="dir")], {"copy_storage": "all", "migrate_disks": ["vda"]},
+     WARN, None, "the copy writes over it, which is right only when it is a stale copy"),
     ([placement("local", pool="local")], {}, FAIL, "copy_storage", "is local to the source (file)"),
-    ([placement("local", pool="local")], {"copy_storage": True}, WARN, None, "copied into pool 'local'"),
-    ([placement("local", pool=None)], {"copy_storage": True}, FAIL, None,
+    ([placement("local", pool="local", allocation_bytes=300 * MIB)], {"copy_storage": "all"}, WARN, None,
+     "300 MiB copied into pool 'local' on the destination (copy_storage=all)"),
+    # libvirt creates the copy fully allocated: the disk's size counts, not what it holds.
+    ([placement("local", pool="local", allocation_bytes=30 * MIB, capacity_bytes=300 * MIB, pool_available_bytes=200 * MIB)],
+     {"copy_storage": "all"}, FAIL, None,
+     "pool 'local' on the destination has 200 MiB free, and the copy of vda needs 300 MiB (libvirt creates it fully allocated)"),
+    ([placement("local", pool="local", allocation_bytes=30 * MIB, capacity_bytes=200 * MIB, pool_available_bytes=200 * MIB)],
+     {"copy_storage": "all"}, WARN, None, "30 MiB copied into pool 'local'"),
+    # Two disks into one pool: their sum counts.
+    ([placement("local", pool="local", capacity_bytes=150 * MIB, pool_available_bytes=200 * MIB),
+      placement("local", pool="local", target="vdb", capacity_bytes=100 * MIB, pool_available_bytes=200 * MIB)],
+     {"copy_storage": "all"}, FAIL, None, "the copy of vda, vdb needs 250 MiB"),
+    # A disk left out of the copy is not counted, and fails as left behind.
+    ([placement("local", pool="local", capacity_bytes=150 * MIB, pool_available_bytes=200 * MIB),
+      placement("local", pool="local", target="vdb", capacity_bytes=100 * MIB, pool_available_bytes=200 * MIB)],
+     {"copy_storage": "all", "migrate_disks": ["vda"]}, FAIL, "migrate_disks", "vdb (/var/lib/libvirt/images/web1.qcow2) is "
+     "local to the source and not in migrate_disks"),
+    ([placement("local", pool="local")], {"copy_storage": "all", "migrate_disks": ["vdz"]}, FAIL, "migrate_disks",
+     "migrate_disks names vdz, which the domain has no disk with a medium for (it has vda)"),
+    ([], {"copy_storage": "all", "migrate_disks": ["vda"]}, FAIL, "migrate_disks", "the domain has no disk"),
+    ([placement("local", pool=None)], {"copy_storage": "all"}, FAIL, None,
      "define a storage pool with target path '/var/lib/libvirt/images' there"),
-    ([placement("local", "volume", source="default/web1.qcow2")], {"copy_storage": True}, FAIL, None,
+    ([placement("local", "volume", source="default/web1.qcow2")], {"copy_storage": "all"}, FAIL, None,
      "define storage pool 'default' there"),
-    ([placement("local", readonly=True, pool="local")], {"copy_storage": True}, FAIL, None, "read-only local file"),
-    ([placement("local", "block", source="/dev/sdb")], {"copy_storage": True}, WARN, None,
+    ([placement("local", readonly=True, pool="local")], {"copy_storage": "all"}, FAIL, None, "read-only local file"),
+    ([placement("local", "block", source="/dev/sdb")], {"copy_storage": "all"}, WARN, None,
      "the device must exist on the destination"),
-    ([placement("local", "dir", source="/srv/vfat")], {"copy_storage": True}, FAIL, None, "cannot create"),
+    ([placement("local", "dir", source="/srv/vfat")], {"copy_storage": "all"}, FAIL, None, "cannot create"),
     ([placement("local"), placement("local", readonly=True)], {}, FAIL, None, "read-only"),
     ([placement("local"), placement("local", pool="local")], {}, FAIL, "copy_storage", "local to the source"),
-    ([placement("shared", "network", source="vms/a"), placement("local", pool="local")], {"copy_storage": True},
+    ([placement("shared", "network", source="vms/a"), placement("local", pool="local")], {"copy_storage": "all"},
      WARN, None, "shared storage; vda"),
 ])
 def test_storage(disks, opts, status, override, text):
@@ -755,6 +789,10 @@ class FakeDom:
     def connect(self):
         return self.conn
 
+    def blockInfo(self, target, flags):
+        # capacity, allocation, physical: a 1 GiB disk holding 300 MiB
+        return [1 << 30, 300 * MIB, 310 * MIB]
+
 
 class FakeVolume:
     def __init__(self, pool):
@@ -765,8 +803,10 @@ class FakeVolume:
 
 
 class FakePool:
-    def __init__(self, name, path, volumes=(), active=True, visible_after_refresh=(), refresh_error=None):
+    def __init__(self, name, path, volumes=(), active=True, visible_after_refresh=(), refresh_error=None,
+                 pool_type="dir", available_mib=10240):
         self._name, self._path, self._active = name, path, active
+        self._type, self._available = pool_type, available_mib * MIB
         self.volumes = set(volumes)
         self._hidden = set(visible_after_refresh)
         self._refresh_error = refresh_error
@@ -779,7 +819,11 @@ class FakePool:
         return int(self._active)
 
     def XMLDesc(self, flags):
-        return "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (self._name, self._path)
+        return "<pool type='%s'><name>%s</name><target><path>%s</path></target></pool>" % (
+            self._type, self._name, self._path)
+
+    def info(self):
+        return [2, 20480 * MIB, 0, self._available]
 
     def refresh(self, flags):
         if self._refresh_error is not None:
