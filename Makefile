@@ -51,21 +51,27 @@ lab-down:
 clean:
 	rm -rf .build tests/output
 
-# Guests with different memory behaviour for the demo (name:host:MiB:anti-affinity group:workload);
-# kept (and started) when they exist. hv1 holds four of them; demo-web1 may not join demo-web2.
-DEMO_GUESTS := demo-idle:hv1:256:-:idle demo-stale:hv1:512:-:stale:300 demo-hot:hv1:256:-:hot:128:32:2000 \
-  demo-web1:hv1:128:web:idle demo-web2:hv2:128:web:idle demo-small:hv3:128:-:idle
+# Guests with different memory behaviour for the demo (name:host:MiB:anti-affinity group:disk:workload,
+# disk = pool/MiB or -); kept (and started) when they exist. hv1 holds five of them; demo-web1 may not
+# join demo-web2; demo-web1's disk is on the lab's NBD server (shared), demo-db's in hv1's own pool
+# (copied with the move: demo_lab.yml sets maintenance_window_copy_storage).
+DEMO_GUESTS := demo-idle:hv1:256:-:-:idle demo-stale:hv1:512:-:-:stale:300 demo-hot:hv1:256:-:-:hot:128:32:2000 \
+  demo-web1:hv1:128:web:nbd/32:disk:16:20 demo-db:hv1:128:-:local/64:disk:16:50 demo-web2:hv2:128:web:-:idle \
+  demo-small:hv3:128:-:-:idle
 demo-guests: lab-up
 	@for spec in $(DEMO_GUESTS); do \
-	  IFS=: read -r name host mem group workload <<< "$$spec"; \
-	  affinity=(); [ "$$group" = - ] || affinity=(--anti-affinity "$$group"); \
-	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" "$${affinity[@]}" \
+	  IFS=: read -r name host mem group disk workload <<< "$$spec"; \
+	  options=(); [ "$$group" = - ] || options+=(--anti-affinity "$$group"); \
+	  [ "$$disk" = - ] || options+=(--disk-pool "$${disk%/*}" --disk-mib "$${disk#*/}"); \
+	  $(LAB) guest create "$$name" --host "$$host" --memory-mib "$$mem" --workload "$$workload" "$${options[@]}" \
 	    --reuse >/dev/null || exit 1; \
 	done
 
-# The engine against plain libvirt migration (benchmarks/results/live_migrate.*); the benchmark
-# imports the collection from this checkout (labkit.use_collection), so nothing is staged.
+# The engine against plain libvirt migration (benchmarks/results/live_migrate.*), then a move with
+# a storage copy against plain virsh (benchmarks/results/storage.*); the benchmarks import the
+# collection from this checkout (labkit.use_collection), so nothing is staged.
 # A smoke run: make bench BENCH_ARGS=--quick (results under benchmarks/results/tmp/).
 bench: venv lab-up
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/storage_benchmark.py $(BENCH_ARGS)

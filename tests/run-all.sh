@@ -65,18 +65,29 @@ else
   echo "FAIL lab-up" >> "$results/integration.txt"
 fi
 
-echo "=== benchmark smoke run (benchmarks/live_migrate_benchmark.py --quick: it runs and writes its results)"
-# Speed is the benchmark's business, not the tests': this checks it works end to end on the lab.
+echo "=== benchmark smoke runs (benchmarks/{live_migrate,storage}_benchmark.py --quick: they run and write their results)"
+# Speed is the benchmarks' business, not the tests': this checks they work end to end on the lab.
 bench_dir="$results/benchmark"
+: > "$results/benchmark.txt"
 if pip install -q --disable-pip-version-check -r benchmarks/requirements.txt \
   && python benchmarks/live_migrate_benchmark.py --quick --out-dir "$bench_dir" > "$results/benchmark.log" 2>&1 \
   && python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(not (r["results"] and r["targets"]))' \
        "$bench_dir/live_migrate.json" \
   && [[ -s "$bench_dir/live_migrate.md" && -s "$bench_dir/live_migrate_shaking.png" ]]; then
-  echo "PASS live_migrate_benchmark" > "$results/benchmark.txt"
+  echo "PASS live_migrate_benchmark" >> "$results/benchmark.txt"
 else
-  echo "FAIL live_migrate_benchmark" > "$results/benchmark.txt"
+  echo "FAIL live_migrate_benchmark" >> "$results/benchmark.txt"
   tail -n 30 "$results/benchmark.log"
+fi
+# It exits 1 when a move fails or the guest's disk does not read back intact afterwards.
+if python benchmarks/storage_benchmark.py --quick --out-dir "$bench_dir" > "$results/benchmark-storage.log" 2>&1 \
+  && python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(not (r["results"] and not r["failures"]))' \
+       "$bench_dir/storage.json" \
+  && [[ -s "$bench_dir/storage.md" && -s "$bench_dir/storage.png" ]]; then
+  echo "PASS storage_benchmark" >> "$results/benchmark.txt"
+else
+  echo "FAIL storage_benchmark" >> "$results/benchmark.txt"
+  tail -n 30 "$results/benchmark-storage.log"
 fi
 
 echo "=== lab lifecycle tests (up, down, up again, recovery after a kill)"

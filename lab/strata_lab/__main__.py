@@ -224,6 +224,7 @@ def cmd_guest(args: argparse.Namespace) -> None:
             disk_mib=args.disk_mib,
             disk_pool=args.disk_pool,
             disk_format=args.disk_format or ("raw" if args.disk_pool == "nbd" else "qcow2"),
+            disk_fill_mib=args.disk_fill_mib,
             cpu_model=args.cpu_model,
             anti_affinity_group=args.anti_affinity,
             pinned_reason=args.pinned,
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(libvirt cannot tell it is shared); nbd: the lab's NBD server, a network disk (raw)",
     )
     create.add_argument("--disk-format", choices=guests.DISK_FORMATS, help="default: qcow2, raw on nbd")
+    create.add_argument("--disk-fill-mib", type=int, default=0, help="write this much data into the disk before boot")
     create.add_argument("--cpu-model", default="qemu64", help="guest CPU model (TCG); the legacy host lacks Westmere")
     create.add_argument(
         "--anti-affinity", metavar="GROUP", help="anti-affinity group, in the domain metadata strata.migration reads"

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .config import HostSpec, LabError, LabState
-from .hosts import define_from_xml, virsh
-from .storage import create_nbd_image, delete_nbd_image, nbd_disk_xml
+from .hosts import define_from_xml, host_libvirtd_pid, virsh
+from .storage import create_nbd_image, delete_nbd_image, nbd_dir, nbd_disk_xml
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
@@ -33,6 +34,7 @@ class GuestSpec:
     disk_mib: int = 0
     disk_pool: str = "local"
     disk_format: str = "qcow2"
+    disk_fill_mib: int = 0
     cpu_model: str = "qemu64"
     anti_affinity_group: str | None = None
     pinned_reason: str | None = None
@@ -54,6 +56,8 @@ class GuestSpec:
             raise LabError(f"guest {self.name}: disk pool must be one of {', '.join(DISK_POOLS)}, not {self.disk_pool!r}")
         if self.disk_format not in DISK_FORMATS:
             raise LabError(f"guest {self.name}: disk format must be one of {', '.join(DISK_FORMATS)}, not {self.disk_format!r}")
+        if not 0 <= self.disk_fill_mib <= self.disk_mib:
+            raise LabError(f"guest {self.name}: disk_fill_mib {self.disk_fill_mib} is outside 0..disk_mib ({self.disk_mib})")
         if self.disk_pool == "nbd" and self.disk_format != "raw":
             raise LabError(f"guest {self.name}: the lab's NBD server serves raw images only (--disk-format raw)")
         if not _NAME_RE.match(self.cpu_model):
@@ -173,12 +177,17 @@ def nbd_export(name: str) -> str:
 def _create_disk(state: LabState, host: HostSpec, guest: GuestSpec) -> str:
     """The guest's disk as domain XML, its image created; the disk is vda on virtio-blk."""
     if guest.disk_pool == "nbd":
-        return nbd_disk_xml(create_nbd_image(state, nbd_export(guest.name), guest.disk_mib))
+        export = create_nbd_image(state, nbd_export(guest.name), guest.disk_mib)
+        _fill_disk(guest, ["qemu-io", "-f", "raw", "-c", _fill_command(guest), str(nbd_dir(state) / export)])
+        return nbd_disk_xml(export)
     volume = f"{guest.name}.{guest.disk_format}"
     # A volume of this name belongs to no guest (the name is free): a failed earlier run left it.
     virsh(host.uri, "vol-delete", "--pool", guest.disk_pool, volume, check=False)
     virsh(host.uri, "vol-create-as", guest.disk_pool, volume, f"{guest.disk_mib}M", "--format", guest.disk_format)
     path = virsh(host.uri, "vol-path", "--pool", guest.disk_pool, volume).strip()
+    # The path is the host's: only its mount namespace has its private pools.
+    _fill_disk(guest, ["nsenter", "-t", str(host_libvirtd_pid(host)), "-m", "--",
+                       "qemu-io", "-f", guest.disk_format, "-c", _fill_command(guest), path])
     if guest.disk_pool == "shared":
         _refresh_shared_pools(state)
     # cache='none': libvirt refuses to live-migrate shared disks with host caching as unsafe. A
@@ -188,6 +197,20 @@ def _create_disk(state: LabState, host: HostSpec, guest: GuestSpec) -> str:
         f"<disk type='file' device='disk'><driver name='qemu' type='{guest.disk_format}' cache='{cache}'/>"
         f"<source file={quoteattr(path)}/><target dev='vda' bus='virtio'/></disk>"
     )
+
+
+def _fill_command(guest: GuestSpec) -> str:
+    # A non-zero pattern: data every copy must carry, unlike unwritten or zero ranges.
+    return f"write -P 0x5a 0 {guest.disk_fill_mib}M"
+
+
+def _fill_disk(guest: GuestSpec, argv: list[str]) -> None:
+    """Write disk_fill_mib MiB of data from the start of the new disk, before the guest boots."""
+    if not guest.disk_fill_mib:
+        return
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode:
+        raise LabError(f"guest {guest.name}: filling its disk failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 def _refresh_shared_pools(state: LabState) -> None:

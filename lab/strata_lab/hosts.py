@@ -277,12 +277,17 @@ def virsh_ok(uri: str) -> bool:
         return False
 
 
-def _in_host(host: HostSpec, command: list[str]) -> subprocess.CompletedProcess:
-    """Run a command in the host's mount namespace (where its private pools are mounted)."""
+def host_libvirtd_pid(host: HostSpec) -> int:
+    """The pid of the host's libvirtd, whose mount namespace holds the host's private pools."""
     pids = libvirtd_pids(host)
     if not pids:
         raise LabError(f"host {host.name} is down")
-    return subprocess.run(["nsenter", "-t", str(pids[0]), "-m", "--", *command],
+    return pids[0]
+
+
+def _in_host(host: HostSpec, command: list[str]) -> subprocess.CompletedProcess:
+    """Run a command in the host's mount namespace."""
+    return subprocess.run(["nsenter", "-t", str(host_libvirtd_pid(host)), "-m", "--", *command],
                           capture_output=True, text=True, timeout=30, check=False)
 
 

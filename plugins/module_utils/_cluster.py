@@ -57,6 +57,8 @@ METADATA_ELEMENT = "migration"
 
 PINNED_HOST_DEVICE = "host device"
 
+MIB = 1024 * 1024
+
 
 class ClusterError(StrataError):
     """The options are wrong, or a host that must be read could not be."""
@@ -89,7 +91,8 @@ class ActiveCopy:
     """One active domain as one host runs it.
 
     local_disks: targets of disks that no other host read can reach (see
-    local_disk_targets); host_device: it holds a device the pre-flight refuses.
+    local_disk_targets); local_disk_mib: their size, what a storage copy
+    carries; host_device: it holds a device the pre-flight refuses.
     """
 
     name: str
@@ -101,6 +104,7 @@ class ActiveCopy:
     vcpus: int
     metadata: MigrationMetadata = dataclasses.field(default_factory=MigrationMetadata)
     local_disks: t.List[str] = dataclasses.field(default_factory=list)
+    local_disk_mib: float = 0.0
     host_device: bool = False
 
 
@@ -281,11 +285,12 @@ def has_blocking_host_device(facts: DomainFacts) -> bool:
     return bool(blockers)
 
 
-def pinned_value(copy: ActiveCopy, running_on: t.Sequence[str] = ()) -> t.Union[bool, str]:
+def pinned_value(copy: ActiveCopy, running_on: t.Sequence[str] = (), copy_storage: str = "none") -> t.Union[bool, str]:
     """False, or why the VM must not move (the planner's pinned).
 
-    The metadata's reason wins over the automatic ones (local disks, host
-    devices); a VM active on several hosts is never moved, whatever else holds.
+    The metadata's reason wins over the automatic ones (local disks, unless a
+    storage copy takes them along, and host devices); a VM active on several
+    hosts is never moved, whatever else holds.
     """
     reasons: t.List[str] = []
     if len(running_on) > 1:
@@ -293,7 +298,8 @@ def pinned_value(copy: ActiveCopy, running_on: t.Sequence[str] = ()) -> t.Union[
     if copy.metadata.pinned_reason:
         reasons.append(copy.metadata.pinned_reason)
     else:
-        reasons.extend("local disk %s" % target for target in copy.local_disks)
+        if copy_storage == "none":
+            reasons.extend("local disk %s" % target for target in copy.local_disks)
         if copy.host_device:
             reasons.append(PINNED_HOST_DEVICE)
     return "; ".join(reasons) if reasons else False
@@ -315,8 +321,12 @@ def build_report(
     specs: t.Sequence[ClusterHost],
     readings: t.Sequence[HostReading],
     unreachable: t.Sequence[UnreachableHost] = (),
+    copy_storage: str = "none",
 ) -> ClusterReport:
-    """Assemble the planner's hosts and VMs, where each VM runs, definitions and conflicts."""
+    """Assemble the planner's hosts and VMs, where each VM runs, definitions and conflicts.
+
+    copy_storage: the moves will copy local disks (all, incremental), so they do not pin a VM.
+    """
     spec_by_name = {spec.name: spec for spec in specs}
     host_order = {spec.name: index for index, spec in enumerate(specs)}
     hosts = []
@@ -361,7 +371,9 @@ def build_report(
             "memory_mib": primary.memory_mib,
             "vcpus": primary.vcpus,
             "anti_affinity_group": primary.metadata.anti_affinity_group,
-            "pinned": pinned_value(primary, running_on),
+            "pinned": pinned_value(primary, running_on, copy_storage),
+            "local_disks": list(primary.local_disks),
+            "local_disk_mib": round(primary.local_disk_mib, 1),
             "state": primary.state,
         })
         where[name] = primary.host
@@ -456,12 +468,13 @@ def gather_cluster(
     connect_timeout_s: float,
     required: bool = True,
     opener: t.Optional[t.Callable[[str], t.Any]] = None,
+    copy_storage: str = "none",
 ) -> ClusterReport:
     """Read every host and assemble the report.
 
     A host that cannot be connected to or read fails the whole reading when
     `required`, and is otherwise reported in unreachable_hosts and left out.
-    `opener` replaces libvirt.open (tests).
+    `opener` replaces libvirt.open (tests). copy_storage: see build_report.
     """
     clients = [LibvirtClient(spec.uri, connect_timeout_s, opener=opener) for spec in specs]
     try:
@@ -484,15 +497,29 @@ def gather_cluster(
                 ) from error
             unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=_cause(error)))
         _find_local_disks(gathered)
-        return build_report(specs, [item.reading for _spec, _client, item in gathered], unreachable)
+        return build_report(specs, [item.reading for _spec, _client, item in gathered], unreachable, copy_storage)
     finally:
         for client in clients:
             client.close()
 
 
+def _local_disk_mib(conn: t.Any, name: str, targets: t.Sequence[str]) -> float:
+    """Size of the VM's local disks in MiB (blockInfo's capacity), 0 for a disk it cannot read."""
+    dom = find_domain(conn, name)
+    if dom is None:  # gone since it was read: the next reading tells
+        return 0.0
+    total = 0
+    for target in targets:
+        try:
+            total += int(dom.blockInfo(target, 0)[0])
+        except (LibvirtError, IndexError, TypeError, ValueError):
+            continue
+    return total / MIB
+
+
 def _find_local_disks(gathered: t.Sequence[t.Tuple[ClusterHost, LibvirtClient, _Gathered]]) -> None:
     """Mark the disks of each active VM that no other host reaches (the pre-flight's storage view)."""
-    for spec, _client, item in gathered:
+    for spec, client, item in gathered:
         for copy, facts in zip(item.reading.active, item.facts):
             if not any(not disk.empty and not disk.shared for disk in facts.disks):
                 continue
@@ -511,3 +538,5 @@ def _find_local_disks(gathered: t.Sequence[t.Tuple[ClusterHost, LibvirtClient, _
                         uri=other_spec.display_uri,
                     ) from exc
             copy.local_disks = local_disk_targets(facts.disks, placements)
+            if copy.local_disks:
+                copy.local_disk_mib = _local_disk_mib(client.conn, copy.name, copy.local_disks)

@@ -45,6 +45,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     DEFAULT_MAX_DOWNTIME_MS,
     MigrationInputs,
     choose_strategy,
+    with_storage_copy,
 )
 
 MODES = ("evacuate", "rebalance")
@@ -156,6 +157,8 @@ class VmSpec:
     pinned: t.Union[bool, str] = False
     recently_moved: bool = False
     dirty_rate_mibps: t.Optional[float] = None
+    # Local disks a storage copy takes along, in MiB: they lengthen the move.
+    disk_mib: float = 0.0
 
     @property
     def pinned_reason(self) -> t.Optional[str]:
@@ -187,6 +190,7 @@ class VmSpec:
             pinned=pinned,
             recently_moved=_flag(option + ".recently_moved", data.get("recently_moved", False) or False),
             dirty_rate_mibps=None if dirty is None else _number(option + ".dirty_rate_mibps", dirty),
+            disk_mib=_number(option + ".disk_mib", data.get("disk_mib") or 0),
         )
 
 
@@ -662,7 +666,8 @@ def _assign_waves(moves: t.Sequence[t.Tuple[VmSpec, str, str]], options: PlanOpt
 
 
 def estimate_move_s(vm: VmSpec, options: PlanOptions) -> float:
-    """The fixed per-move overhead plus the pre-copy time from the convergence model (dirty rate 0 when unknown)."""
+    """The fixed per-move overhead plus the pre-copy time from the convergence model (dirty rate 0 when unknown),
+    after the copy of the VM's local disks (their whole size: libvirt copies unwritten ranges too)."""
     inputs = MigrationInputs(
         memory_mib=vm.memory_mib,
         dirty_rate_mibps=vm.dirty_rate_mibps or 0.0,
@@ -670,6 +675,7 @@ def estimate_move_s(vm: VmSpec, options: PlanOptions) -> float:
         max_downtime_ms=options.max_downtime_ms,
     )
     prediction, _candidates = choose_strategy(inputs, allow_postcopy=False)
+    prediction = with_storage_copy(prediction, vm.disk_mib, options.bandwidth_mibps)
     return options.move_overhead_s + prediction.total_s
 
 
@@ -694,10 +700,10 @@ def plan_placement(hosts: t.Sequence[HostSpec], vms: t.Sequence[VmSpec], options
     else:
         planned, unplaceable, not_moved = _plan_rebalance(cluster)
     wave_of = _assign_waves(planned, options)
-    estimates: t.Dict[t.Tuple[float, float], float] = {}
+    estimates: t.Dict[t.Tuple[float, float, float], float] = {}
     moves = []
     for (vm, source, target), wave in zip(planned, wave_of):
-        key = (vm.memory_mib, vm.dirty_rate_mibps or 0.0)
+        key = (vm.memory_mib, vm.dirty_rate_mibps or 0.0, vm.disk_mib)
         if key not in estimates:
             estimates[key] = estimate_move_s(vm, options)
         moves.append(Move(vm.name, vm.uuid, source, target, vm.memory_mib, estimates[key], wave + 1))

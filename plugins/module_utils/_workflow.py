@@ -98,6 +98,9 @@ def planner_vms(vms: t.Sequence[t.Mapping[str, t.Any]], recently_moved: t.Iterab
             entry["anti_affinity_group"] = vm["anti_affinity_group"]
         if vm["name"] in recent:
             entry["recently_moved"] = True
+        if vm.get("local_disk_mib") and not entry["pinned"]:
+            # Not pinned with local disks: the moves copy them (copy_storage), which takes time.
+            entry["disk_mib"] = vm["local_disk_mib"]
         result.append(entry)
     return result
 

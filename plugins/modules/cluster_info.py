@@ -22,8 +22,9 @@ description:
     --live --config)."
   - Without a C(pinned) hint, a VM is reported as pinned when the live-migration pre-flight
     (M(strata.migration.preflight)) would refuse every move of it - a disk that is neither shared nor found in a
-    storage pool of any other host read (V(local disk vda); not judged when only one host is read), or a host
-    device other than USB (V(host device)). A VM active on several hosts is always pinned.
+    storage pool of any other host read (V(local disk vda); not judged when only one host is read, and not a reason
+    with O(copy_storage)), or a host device other than USB (V(host device)). A VM active on several hosts is always
+    pinned.
   - Reads only. To find a disk that another host created in a shared directory, it may refresh (rescan) the storage
     pool for that directory on the other hosts, as M(strata.migration.preflight) does.
 author:
@@ -74,6 +75,14 @@ options:
       - With V(false), such a host is listed in RV(unreachable_hosts) and left out of the other results.
     type: bool
     default: true
+  copy_storage:
+    description:
+      - The storage copy the moves of these VMs will make, as O(strata.migration.live_migrate#module:copy_storage).
+        With V(all) or V(incremental), a disk no other host reaches no longer pins its VM; RV(vms[].local_disks)
+        and RV(vms[].local_disk_mib) still list it.
+    type: str
+    choices: [none, all, incremental]
+    default: none
 requirements:
   - libvirt-python (the C(libvirt) Python binding) on the host that runs the module, usually the controller
 notes:
@@ -210,6 +219,15 @@ vms:
           several hosts gets V(active on several hosts (HOSTS)) first.
       type: raw
       sample: local disk vda
+    local_disks:
+      description: Targets of the VM's disks that no other host read reaches (see RV(vms[].pinned)).
+      type: list
+      elements: str
+      sample: [vda]
+    local_disk_mib:
+      description: Size of those disks in MiB, what a storage copy carries; V(0) without any.
+      type: float
+      sample: 10240.0
     state:
       description: Domain state.
       type: str
@@ -278,6 +296,7 @@ from ansible_collections.strata.migration.plugins.module_utils._cluster import (
     gather_cluster,
     host_uri_secrets,
 )
+from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
@@ -309,6 +328,7 @@ def main() -> None:
             },
             "connect_timeout_s": {"type": "int", "default": 10},
             "required": {"type": "bool", "default": True},
+            "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
         },
         supports_check_mode=True,
     )
@@ -316,7 +336,8 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     try:
         specs = cluster_hosts(module.params["hosts"], module.params["connect_timeout_s"])
-        report = gather_cluster(specs, module.params["connect_timeout_s"], required=module.params["required"])
+        report = gather_cluster(specs, module.params["connect_timeout_s"], required=module.params["required"],
+                                copy_storage=module.params["copy_storage"])
     except StrataError as exc:
         module.fail_json(msg=str(exc), **exc.details)
     module.exit_json(changed=False, **report.to_result())

@@ -117,6 +117,12 @@ options:
       dirty_rate_mibps:
         description: Measured dirty rate in MiB/s, for the duration estimate; V(0) when unknown.
         type: float
+      disk_mib:
+        description:
+          - Size in MiB of the local disks a storage copy takes along with the VM, for the duration estimate; the
+            copy runs before memory moves. M(strata.migration.cluster_info) reports it as C(local_disk_mib).
+        type: float
+        default: 0
   evacuate_hosts:
     description:
       - Hosts to empty. Required with O(mode=evacuate), not allowed with O(mode=rebalance).
@@ -349,6 +355,7 @@ VM_SPEC = {
     "pinned": {"type": "raw", "default": False},
     "recently_moved": {"type": "bool", "default": False},
     "dirty_rate_mibps": {"type": "float"},
+    "disk_mib": {"type": "float", "default": 0},
 }
 
 PLAN_OPTIONS = (

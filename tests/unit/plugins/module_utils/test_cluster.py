@@ -259,11 +259,12 @@ def test_report_in_planner_format():
     ]
     assert report.vms == [
         {"name": "db1", "uuid": "uuid-db1", "host": "hv2", "memory_mib": 2048, "vcpus": 4,
-         "anti_affinity_group": None, "pinned": "local disk vda", "state": "running"},
+         "anti_affinity_group": None, "pinned": "local disk vda", "local_disks": ["vda"], "local_disk_mib": 0.0,
+         "state": "running"},
         {"name": "web1", "uuid": "uuid-web1", "host": "hv1", "memory_mib": 1024, "vcpus": 2,
-         "anti_affinity_group": "web", "pinned": False, "state": "paused"},
+         "anti_affinity_group": "web", "pinned": False, "local_disks": [], "local_disk_mib": 0.0, "state": "paused"},
         {"name": "web2", "uuid": "uuid-web2", "host": "hv1", "memory_mib": 1024, "vcpus": 2,
-         "anti_affinity_group": "web", "pinned": False, "state": "running"},
+         "anti_affinity_group": "web", "pinned": False, "local_disks": [], "local_disk_mib": 0.0, "state": "running"},
     ]
     assert report.where == {
         "db1": "hv2", "uuid-db1": "hv2", "web1": "hv1", "uuid-web1": "hv1", "web2": "hv1", "uuid-web2": "hv1",
@@ -416,7 +417,12 @@ def test_gather_cluster_finds_local_disks_through_the_other_hosts():
     conns["qemu+tcp://hv1/system"].domains[0] = FakeDomain("web1", state=1, xml=_domain_xml("web1", devices=LOCAL_DISK % "web1"))
     conns["qemu+tcp://hv1/system"].domains[0].conn = conns["qemu+tcp://hv1/system"]
     report = gather_cluster(_specs("hv1", "hv2"), 5, opener=_opener(conns))
-    assert {vm["name"]: vm["pinned"] for vm in report.vms}["web1"] == "local disk vda"
+    web1 = {vm["name"]: vm for vm in report.vms}["web1"]
+    assert (web1["pinned"], web1["local_disks"], web1["local_disk_mib"]) == ("local disk vda", ["vda"], 1024.0)
+    # When the moves copy local disks, they no longer pin the VM; they are still listed, with their size.
+    copying = gather_cluster(_specs("hv1", "hv2"), 5, opener=_opener(conns), copy_storage="all")
+    web1 = {vm["name"]: vm for vm in copying.vms}["web1"]
+    assert (web1["pinned"], web1["local_disks"], web1["local_disk_mib"]) == (False, ["vda"], 1024.0)
 
 
 def test_an_unreachable_required_host_fails_naming_it_without_password():

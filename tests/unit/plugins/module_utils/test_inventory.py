@@ -328,8 +328,13 @@ class FakeDomain:
         self._start_error = start_error
         self.calls = []
         self.measure_started = None
+        self.disk_capacity_bytes = 1 << 30
         self.measure_seconds = None
         self.conn = None
+
+    def blockInfo(self, target, flags):
+        # capacity, allocation, physical
+        return [self.disk_capacity_bytes, self.disk_capacity_bytes // 4, self.disk_capacity_bytes // 4]
 
     def name(self):
         return self._name

@@ -404,3 +404,17 @@ def test_none_options_take_their_defaults():
                            "evacuate_hosts": None, "anti_affinity_groups": None})
     assert plan.window_s is None and plan.fits_window is None
     assert plan.spread_threshold_percent == 10.0
+
+
+def test_a_vm_with_local_disks_to_copy_takes_their_copy_longer():
+    hosts = [host("a"), host("b"), host("c")]
+    plan = evacuate(hosts, [vm("plain", "a", 1000), vm("disk", "a", 1000, disk_mib=5000)], "a", bandwidth_mibps=500)
+    by_vm = {move["vm"]: move for move in plan["moves"]}
+    # The storage copy runs first, at the same bandwidth: 5000 MiB / 500 MiB/s = 10 s more.
+    assert by_vm["disk"]["estimated_s"] == round(estimate(1000, 0.0, 500) + 10.0, 1)
+    assert by_vm["plain"]["estimated_s"] == round(estimate(1000, 0.0, 500), 1)
+
+
+def test_disk_mib_must_not_be_negative():
+    with pytest.raises(PlanError, match="disk_mib"):
+        evacuate([host("a"), host("b")], [vm("x", "a", 1000, disk_mib=-1)], "a")

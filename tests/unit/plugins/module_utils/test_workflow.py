@@ -202,6 +202,16 @@ def test_planner_vms_keeps_planner_keys_and_defaults_pinned_to_false():
     ]
 
 
+def test_planner_vms_counts_the_local_disks_of_movable_vms_only():
+    vms = planner_vms([
+        {"name": "copied", "host": "hv1", "memory_mib": 512, "pinned": False, "local_disks": ["vda"], "local_disk_mib": 2048.0},
+        {"name": "stuck", "host": "hv1", "memory_mib": 512, "pinned": "local disk vda", "local_disks": ["vda"],
+         "local_disk_mib": 2048.0},
+        {"name": "shared", "host": "hv1", "memory_mib": 512, "pinned": False, "local_disks": [], "local_disk_mib": 0.0},
+    ])
+    assert [vm.get("disk_mib") for vm in vms] == [2048.0, None, None]
+
+
 def test_planner_vms_marks_only_the_recently_moved():
     vms = planner_vms(CLUSTER_VMS, ["db1", "gone"])
     assert [vm.get("recently_moved", False) for vm in vms] == [False, True, False]
