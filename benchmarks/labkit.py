@@ -15,10 +15,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import typing as t
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TOOL = os.path.join(REPO_ROOT, "lab", "strata-lab")
+# A lab command that fails (a guest slow to boot on a busy machine) is tried again this many times.
+LAB_ATTEMPTS = 3
+LAB_RETRY_S = 5.0
 
 
 def lab(*args: str) -> t.Any:
@@ -30,6 +34,21 @@ def lab(*args: str) -> t.Any:
         if line.startswith("{"):
             return json.loads(line)
     return {}
+
+
+def lab_retrying(*args: str) -> t.Any:
+    """lab() with a few attempts; the last failure ends the benchmark with the lab's message."""
+    for attempt in range(1, LAB_ATTEMPTS + 1):
+        try:
+            return lab(*args)
+        except subprocess.CalledProcessError as exc:
+            message = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            print("strata-lab %s failed (attempt %d/%d): %s"
+                  % (" ".join(args), attempt, LAB_ATTEMPTS, message[0]), file=sys.stderr, flush=True)
+            if attempt == LAB_ATTEMPTS:
+                raise SystemExit("strata-lab %s failed %d times; last: %s" % (" ".join(args), LAB_ATTEMPTS, message[0]))
+            time.sleep(LAB_RETRY_S)
+    return None
 
 
 def create_guest(name: str, host: str, memory_mib: int, workload: str = "idle") -> t.Dict[str, t.Any]:

@@ -36,7 +36,6 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import typing as t
@@ -73,9 +72,6 @@ CASES = {
 # Seconds between the guest's ready marker and the measurement: a few balloon statistics reports.
 SETTLE_S = 3.0
 CONNECT_TIMEOUT_S = 30
-# The lab tool is shared with other users of the machine; under load a call can fail once.
-LAB_ATTEMPTS = 3
-LAB_RETRY_S = 5.0
 MEASURE_DIRTY_RATE_S = 1
 DEFAULT_BOUND_S = 40.0
 QUICK_BOUND_S = 20.0
@@ -90,32 +86,17 @@ RATIO_KEYS = ("transferred_mib", "job_ms", "downtime_ms")
 # ---- one measurement --------------------------------------------------------
 
 
-def lab_retrying(*args: str) -> t.Any:
-    """labkit.lab with a few attempts; the last failure ends the benchmark with the lab's message."""
-    for attempt in range(1, LAB_ATTEMPTS + 1):
-        try:
-            return labkit.lab(*args)
-        except subprocess.CalledProcessError as exc:
-            message = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            print("strata-lab %s failed (attempt %d/%d): %s"
-                  % (" ".join(args), attempt, LAB_ATTEMPTS, message[0]), file=sys.stderr, flush=True)
-            if attempt == LAB_ATTEMPTS:
-                raise SystemExit("strata-lab %s failed %d times; last: %s" % (" ".join(args), LAB_ATTEMPTS, message[0]))
-            time.sleep(LAB_RETRY_S)
-    return None
-
-
 def create_guest(name: str, host: str, memory_mib: int, workload: str) -> None:
-    lab_retrying("guest", "delete", name)
+    labkit.lab_retrying("guest", "delete", name)
     try:
-        lab_retrying("guest", "create", name, "--host", host, "--memory-mib", str(memory_mib), "--workload", workload)
+        labkit.lab_retrying("guest", "create", name, "--host", host, "--memory-mib", str(memory_mib), "--workload", workload)
     except SystemExit:
         labkit.delete_guest(name)  # whatever a failed create left behind
         raise
 
 
 def delete_guest(name: str) -> None:
-    lab_retrying("guest", "delete", name)
+    labkit.lab_retrying("guest", "delete", name)
 
 
 def guest_memory(uri: str, name: str) -> t.Tuple[float, t.Optional[float]]:

@@ -87,9 +87,6 @@ CONNECT_TIMEOUT_S = 30
 MEASURE_DIRTY_RATE_S = 1
 # check-disk waits for two fresh heartbeats (5 s apart); this bounds the wait.
 CHECK_DISK_TIMEOUT_S = 60
-# The lab tool is shared with other users of the machine; under load a call can fail once.
-LAB_ATTEMPTS = 3
-LAB_RETRY_S = 5.0
 MIB = 1024 * 1024
 # key, label, format: medians per mode, and live_migrate / virsh for each.
 METRICS = (
@@ -104,21 +101,6 @@ METRICS = (
 
 
 # ---- the lab ----------------------------------------------------------------
-
-
-def lab_retrying(*args: str) -> t.Any:
-    """labkit.lab with a few attempts; the last failure ends the benchmark with the lab's message."""
-    for attempt in range(1, LAB_ATTEMPTS + 1):
-        try:
-            return labkit.lab(*args)
-        except subprocess.CalledProcessError as exc:
-            message = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            print("strata-lab %s failed (attempt %d/%d): %s"
-                  % (" ".join(args), attempt, LAB_ATTEMPTS, message[0]), file=sys.stderr, flush=True)
-            if attempt == LAB_ATTEMPTS:
-                raise SystemExit("strata-lab %s failed %d times; last: %s" % (" ".join(args), LAB_ATTEMPTS, message[0]))
-            time.sleep(LAB_RETRY_S)
-    return None
 
 
 def volume_name(name: str) -> str:
@@ -153,7 +135,7 @@ def remove_guest(name: str, uris: t.Sequence[str]) -> None:
 def create_guest(name: str, args: argparse.Namespace, uris: t.Sequence[str]) -> None:
     remove_guest(name, uris)
     try:
-        lab_retrying(
+        labkit.lab_retrying(
             "guest", "create", name, "--host", args.src, "--memory-mib", str(args.memory_mib),
             "--disk-mib", str(args.disk_mib), "--disk-pool", POOL, "--disk-format", DISK_FORMAT,
             "--disk-fill-mib", str(args.disk_fill_mib), "--workload", args.workload,
