@@ -55,7 +55,9 @@ if "$root/lab/strata-lab" up; then
     target="$(basename "$target_dir")"
     # setup_* targets run as dependencies of the others.
     [[ "$target" == setup_* ]] && continue
-    if (cd "$stage" && ansible-test integration --local --color no "$target"); then
+    # The log is kept so the end of the run can repeat what failed (CI may show only the tail).
+    if (cd "$stage" && ansible-test integration --local --color no "$target") 2>&1 \
+        | tee "$results/integration-$target.log"; [[ "${PIPESTATUS[0]}" == 0 ]]; then
       echo "PASS $target" >> "$results/integration.txt"
     else
       echo "FAIL $target" >> "$results/integration.txt"
@@ -93,4 +95,10 @@ fi
 echo "=== lab lifecycle tests (up, down, up again, recovery after a kill)"
 (cd "$stage" && python -m pytest -p no:cacheprovider -q tests/lab --junitxml="$results/lab.xml")
 
+# What failed, again, where a truncated log still shows it.
+grep '^FAIL' "$results"/{ecosystem,integration,benchmark}.txt 2>/dev/null | while IFS=: read -r listing line; do
+  echo "=== ${line} ($(basename "$listing" .txt))"
+  log="$results/integration-${line#FAIL }.log"
+  [[ -f "$log" ]] && grep -E -A 12 '^(fatal|failed):|^TASK \[' "$log" | grep -E -B 1 -A 12 '^(fatal|failed):' | tail -n 40
+done
 python3 tests/summarize.py "$results"
