@@ -67,12 +67,13 @@ def cmd_up(args: argparse.Namespace) -> None:
     if storage.ensure_nbd_server(state):
         print(f"storage: NBD server started at nbd://{storage.NBD_ADDRESS}:{storage.NBD_PORT}")
     for host in state.hosts:
+        uri = transports.host_uri(state, host, state.transport)  # what the inventory names
         if hosts.host_is_up(host) and hosts.host_config_current(host):
-            print(f"{host.name}: up at {host.uri}")
+            print(f"{host.name}: up at {uri}")
         else:
             hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
             hosts.start_host(host)
-            print(f"{host.name}: started at {host.uri}")
+            print(f"{host.name}: started at {uri}")
         hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
     print(f"inventory: {lab_dir / 'inventory.yml'}")

@@ -228,6 +228,9 @@ def start_host(host: HostSpec, keep_running: bool = False) -> int:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            # Not the caller's folder: a test's folder is deleted while libvirtd lives on, and the shell
+            # libvirtd runs for ssh then writes "getcwd() failed" where libvirt reads the peer's errors.
+            cwd="/",
         )
     finally:
         log.close()
@@ -315,10 +318,11 @@ def free_pool(host: HostSpec) -> dict:
     return {"host": host.name, "pool": SMALL_POOL, "changed": True}
 
 
-def libvirtd_pids(host: HostSpec) -> list[int]:
+def libvirtd_pids(host: HostSpec, processes: list[tuple[int, list[str]]] | None = None) -> list[int]:
     """libvirtd processes of this host, found by their pid-file argument (survives a lost pid file)."""
     marker = str(host.pid_file)
-    return [pid for pid, argv in _processes() if argv and argv[0].endswith("libvirtd") and marker in argv]
+    return [pid for pid, argv in (processes if processes is not None else _processes())
+            if argv and argv[0].endswith("libvirtd") and marker in argv]
 
 
 def lab_qemu_pids(lab_paths: list[str]) -> list[int]:
@@ -344,7 +348,8 @@ def _processes() -> list[tuple[int, list[str]]]:
 
 
 def host_is_up(host: HostSpec) -> bool:
-    return bool(libvirtd_pids(host)) and bool(transports.sshd_pids(host, _processes())) and virsh_ok(host.uri)
+    processes = _processes()
+    return bool(libvirtd_pids(host, processes)) and bool(transports.sshd_pids(host, processes)) and virsh_ok(host.uri)
 
 
 def stop_host(host: HostSpec) -> None:

@@ -56,6 +56,7 @@ def ensure_nbd_server(state: LabState) -> bool:
             ["nbdkit", "--ipaddr", NBD_ADDRESS, "--port", str(NBD_PORT), "--pidfile", str(_pid_file(state)),
              "--threads", str(NBD_THREADS), "--log", "stderr", "file", f"dir={folder}", "cache=none"],
             stdin=subprocess.DEVNULL, stdout=log_stream, stderr=log_stream, check=False, timeout=START_TIMEOUT_S,
+            cwd="/",  # the daemon outlives the caller's folder
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while nbd_server_pid(state) is None:

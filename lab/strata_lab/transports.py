@@ -183,7 +183,7 @@ def ensure_pki(state: LabState) -> None:
         # QEMU is a client too when it sends a migration stream.
         for name, source in (("ca-cert.pem", ca_cert), ("client-cert.pem", client / "clientcert.pem"),
                              ("client-key.pem", client / "clientkey.pem")):
-            _write_bytes_if_changed(directory / name, source.read_bytes())
+            write_if_changed(directory / name, source.read_bytes())
 
 
 def _self_signed_ca(pki: Path, name: str, key: Path, cert: Path) -> None:
@@ -246,7 +246,3 @@ def _run(argv: list[str]) -> None:
     if result.returncode != 0:
         raise LabError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()[-400:]}")
 
-
-def _write_bytes_if_changed(path: Path, data: bytes) -> None:
-    if not path.exists() or path.read_bytes() != data:
-        path.write_bytes(data)

@@ -100,6 +100,13 @@ UNSAFE_HINT = (
     "migrate_disks a disk whose path holds a stale image on the destination), or set allow_unsafe=true only when "
     "the storage really is shared by both hosts"
 )
+# libvirt's words when the source's connection to the destination closes under a peer-to-peer migration.
+PEER_CONNECTION_LOST = ("End of file while reading data", "Cannot recv data")
+PEER_CONNECTION_NOTE = (
+    "the source's libvirtd lost its connection to the destination's; libvirt 9 sometimes reports that in place "
+    "of the destination's own error (seen when a storage copy could not create its volume), so the "
+    "destination's libvirtd log may name the cause"
+)
 MIB = 1024 * 1024
 
 
@@ -682,7 +689,7 @@ class _Run:
         # Back where it started (memory given back too), unless post-copy already moved the guest's execution.
         self.result["changed"] = outcome.postcopy_started
         runs_on = _runs_on(where)
-        cause = outcome.error or "no error from libvirt"
+        cause = explain_libvirt_error(outcome.error)
         if outcome.error and outcome.still_running:
             cause += "; libvirt had not ended the job when the module stopped waiting: check placement before acting"
         if outcome.aborted_by:
@@ -708,6 +715,15 @@ class _Run:
         else:
             msg += "; once the cause is fixed, run the task again"
         raise self.fail(msg, running_on=runs_on)
+
+
+def explain_libvirt_error(error: t.Optional[str]) -> str:
+    """libvirt's message for a failed migration, with what it may hide."""
+    if not error:
+        return "no error from libvirt"
+    if any(words in error for words in PEER_CONNECTION_LOST):
+        return "%s (%s)" % (error, PEER_CONNECTION_NOTE)
+    return error
 
 
 def _volume_at(conn: t.Any, path: str) -> t.Any:

@@ -316,6 +316,15 @@ prediction:
       description: How long the guest runs on the destination while pages still arrive from the source
         (post-copy and layered), V(null) for pre-copy.
       type: float
+    disk_copy_mib:
+      description: Data of the disks a storage copy takes along (O(copy_storage)), in MiB, counted in
+        RV(prediction.transferred_mib); V(0) without a storage copy.
+      type: float
+      sample: 64.0
+    disk_copy_s:
+      description: Time of that disk copy, in seconds, counted in RV(prediction.total_s); V(0) without one.
+      type: float
+      sample: 0.6
     required_bandwidth_mibps:
       description: For pre-copy that does not converge, the smallest O(bandwidth_mibps) with which it would.
       type: float

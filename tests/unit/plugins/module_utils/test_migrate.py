@@ -676,3 +676,20 @@ def test_verifying_carries_the_figures_of_the_completed_job():
     assert {key: records[0][key] for key in ("percent", "remaining_mib", "transferred_mib", "pass")} == {
         "percent": 100.0, "remaining_mib": 0.0, "transferred_mib": 64.0, "pass": 3,
     }
+
+
+@pytest.mark.parametrize("error", [
+    "End of file while reading data: : Input/output error",
+    "Cannot recv data: Connection reset by peer",
+])
+def test_a_lost_peer_connection_says_it_may_hide_the_destinations_error(error):
+    explained = _migrate.explain_libvirt_error(error)
+    assert explained.startswith(error)
+    assert "lost its connection to the destination" in explained
+    assert "destination's libvirtd log" in explained
+
+
+def test_other_libvirt_errors_are_given_as_they_are():
+    assert _migrate.explain_libvirt_error("operation failed: migration out job: canceled by client") == (
+        "operation failed: migration out job: canceled by client")
+    assert _migrate.explain_libvirt_error(None) == "no error from libvirt"
