@@ -20,6 +20,14 @@ demo: venv stage demo-guests
 	  -e maintenance_window_manifest_path=$$run-manifest.json \
 	  -e maintenance_window_report_json=$$run-report.json -e maintenance_window_report_junit=$$run-junit.xml && \
 	echo "Manifest and reports: $$run-*"
+	@# The guests with disks wrote checksummed blocks all along: each must read them back intact.
+	@for name in demo-web1 demo-db; do \
+	  $(LAB) guest check-disk "$$name" | $(VENV)/bin/python -c 'import json, sys; r = json.load(sys.stdin); \
+	    ok = r["intact"] and len(r["boots_seen"]) == 1; \
+	    print(r["name"] + ": " + ("disk intact" if r["intact"] else "DISK ERRORS %s" % r["error_lines"]) \
+	          + ", %d blocks written and read back, boots seen: %s" % (r["disk_writes"], r["boots_seen"])); \
+	    sys.exit(not ok)' || exit 1; \
+	done
 	@echo "The lab is still up. Explore it with: $(LAB) status    Bring it down with: $(LAB) down"
 
 test: venv

@@ -653,6 +653,7 @@ _RESULT_FIGURES = (
     ("memory_mib", "stats", "memory_total_mib"),
     ("iterations", "stats", "iterations"),
     ("compaction_reclaimed_mib", "compaction", "reclaimed_mib"),
+    ("disk_transferred_mib", "stats", "disk_transferred_mib"),
 )
 
 
@@ -672,7 +673,7 @@ def outcome_of(result: t.Mapping[str, t.Any]) -> Outcome:
     A failed result is failed with its message; a result that changed nothing
     found the VM already on its destination; anything else migrated. The
     strategy and the main figures (time, downtime, MiB sent, guest memory,
-    passes, MiB reclaimed by compaction) are kept when the result has them.
+    passes, MiB reclaimed by compaction, disk MiB copied) are kept when the result has them.
     """
     strategy = result.get("strategy")
     name = strategy.get("name") if isinstance(strategy, t.Mapping) else strategy

@@ -270,6 +270,7 @@ class Move:
     memory_mib: float
     estimated_s: float
     wave: int
+    disk_mib: float = 0.0
 
     def to_dict(self) -> t.Dict[str, t.Any]:
         return {
@@ -278,6 +279,7 @@ class Move:
             "from": self.from_host,
             "to": self.to_host,
             "memory_mib": _plain(self.memory_mib),
+            "disk_mib": _plain(self.disk_mib),
             "estimated_s": round(self.estimated_s, 1),
             "wave": self.wave,
         }
@@ -706,7 +708,7 @@ def plan_placement(hosts: t.Sequence[HostSpec], vms: t.Sequence[VmSpec], options
         key = (vm.memory_mib, vm.dirty_rate_mibps or 0.0, vm.disk_mib)
         if key not in estimates:
             estimates[key] = estimate_move_s(vm, options)
-        moves.append(Move(vm.name, vm.uuid, source, target, vm.memory_mib, estimates[key], wave + 1))
+        moves.append(Move(vm.name, vm.uuid, source, target, vm.memory_mib, estimates[key], wave + 1, vm.disk_mib))
     ordered = [move for _index, move in sorted(enumerate(moves), key=lambda item: (item[1].wave, item[0]))]
     wave_count = max(wave_of) + 1 if wave_of else 0
     waves: t.List[t.List[str]] = [[] for _wave in range(wave_count)]

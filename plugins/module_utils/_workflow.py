@@ -204,8 +204,9 @@ def plan_lines(plan: t.Mapping[str, t.Any]) -> t.List[str]:
         lines.append("memory spread: %s%% now, %s%% after the plan, threshold %s%%" % (
             plan.get("spread_before_percent"), plan.get("spread_after_percent"), plan.get("spread_threshold_percent")))
     for move in plan.get("moves", []):
-        lines.append("wave %s: %s %s -> %s (%s MiB, about %s s)" % (
-            move["wave"], move["vm"], move["from"], move["to"], move["memory_mib"], move["estimated_s"]))
+        disk = " + %s MiB of disk copied" % move["disk_mib"] if move.get("disk_mib") else ""
+        lines.append("wave %s: %s %s -> %s (%s MiB%s, about %s s)" % (
+            move["wave"], move["vm"], move["from"], move["to"], move["memory_mib"], disk, move["estimated_s"]))
     for vm in list(plan.get("unplaceable", [])) + list(plan.get("not_moved", [])):
         lines.append("stays: %s on %s (%s)" % (vm["vm"], vm["host"], vm["reason"]))
     return lines

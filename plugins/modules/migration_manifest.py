@@ -230,8 +230,9 @@ manifest:
         figures:
           description:
             - Figures of the migration, those the result had among C(total_ms), C(downtime_ms),
-              C(transferred_mib), C(memory_mib) (guest memory), C(iterations) (pre-copy passes) and
-              C(compaction_reclaimed_mib) (memory the balloon took before the move).
+              C(transferred_mib), C(memory_mib) (guest memory), C(iterations) (pre-copy passes),
+              C(compaction_reclaimed_mib) (memory the balloon took before the move) and
+              C(disk_transferred_mib) (disk data a storage copy sent).
           type: dict
           sample: {total_ms: 1840, downtime_ms: 35, transferred_mib: 71.7, memory_mib: 512.0, iterations: 3}
         attempt:

@@ -253,6 +253,9 @@ plan:
         memory_mib:
           description: VM memory in MiB.
           type: int
+        disk_mib:
+          description: Disk data the move copies (the VM's O(vms[].disk_mib)), in MiB; V(0) without a storage copy.
+          type: float
         estimated_s:
           description: Estimated time of the move in seconds, O(move_overhead_s) plus the pre-copy time from the
             convergence model.
@@ -261,7 +264,7 @@ plan:
           description: Wave number, from 1.
           type: int
       sample:
-        - {vm: web1, uuid: null, from: hv1, to: hv2, memory_mib: 4096, estimated_s: 10.4, wave: 1}
+        - {vm: web1, uuid: null, from: hv1, to: hv2, memory_mib: 4096, disk_mib: 0, estimated_s: 10.4, wave: 1}
     waves:
       description: The VM names moved in each wave; waves run one after the other.
       type: list

@@ -761,6 +761,13 @@ def test_outcome_of_a_migration_keeps_strategy_and_main_figures():
     )
 
 
+def test_outcome_of_a_migration_with_a_storage_copy_keeps_the_disk_figure():
+    result = dict(MIGRATED, stats=dict(MIGRATED["stats"], disk_total_mib=64.0, disk_transferred_mib=64.2))
+    assert outcome_of(result).figures["disk_transferred_mib"] == 64.2
+    assert "disk_transferred_mib" not in outcome_of(dict(MIGRATED, stats=dict(MIGRATED["stats"],
+                                                                          disk_transferred_mib=None))).figures
+
+
 def test_outcome_of_a_migration_with_a_message_keeps_it():
     assert outcome_of(dict(MIGRATED, msg="migrated after post-copy")).result == "migrated after post-copy"
 

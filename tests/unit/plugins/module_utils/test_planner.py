@@ -350,7 +350,7 @@ def test_window_verdict(window_s, fits):
 def test_result_shape_and_summary():
     plan = evacuate([host("a"), host("b")], [vm("x", "a", 2500, vcpus=2)], "a")
     assert plan["moves"] == [{"vm": "x", "uuid": "uuid-x", "from": "a", "to": "b", "memory_mib": 2500,
-                              "estimated_s": round(estimate(2500), 1), "wave": 1}]
+                              "disk_mib": 0, "estimated_s": round(estimate(2500), 1), "wave": 1}]
     assert plan["load_before"]["a"] == {"memory_committed_mib": 2500, "memory_capacity_mib": 10000,
                                         "memory_free_mib": 7500, "memory_percent": 25.0,
                                         "vcpus_committed": 2, "vcpu_ratio": 0.5}

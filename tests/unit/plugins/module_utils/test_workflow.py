@@ -408,6 +408,12 @@ def test_plan_lines_for_a_rebalance_show_the_spread():
     ]
 
 
+def test_plan_lines_name_the_disk_a_move_copies():
+    move = dict(EVACUATE_PLAN["moves"][0], disk_mib=64)
+    assert plan_lines({"summary": "1 move", "moves": [move]})[1] == (
+        "wave 1: web1 hv1 -> hv2 (512 MiB + 64 MiB of disk copied, about 4.2 s)")
+
+
 def test_plan_lines_of_an_empty_plan_is_its_summary_line():
     assert plan_lines({}) == [""]
 
