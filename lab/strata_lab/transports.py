@@ -245,4 +245,3 @@ def _run(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise LabError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()[-400:]}")
-

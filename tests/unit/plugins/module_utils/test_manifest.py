@@ -764,8 +764,8 @@ def test_outcome_of_a_migration_keeps_strategy_and_main_figures():
 def test_outcome_of_a_migration_with_a_storage_copy_keeps_the_disk_figure():
     result = dict(MIGRATED, stats=dict(MIGRATED["stats"], disk_total_mib=64.0, disk_transferred_mib=64.2))
     assert outcome_of(result).figures["disk_transferred_mib"] == 64.2
-    assert "disk_transferred_mib" not in outcome_of(dict(MIGRATED, stats=dict(MIGRATED["stats"],
-                                                                          disk_transferred_mib=None))).figures
+    without_copy = dict(MIGRATED, stats=dict(MIGRATED["stats"], disk_transferred_mib=None))
+    assert "disk_transferred_mib" not in outcome_of(without_copy).figures
 
 
 def test_outcome_of_a_migration_with_a_message_keeps_it():
