@@ -7,8 +7,11 @@
  *   idle               heartbeat only
  *   stale:N            fill N MiB with non-zero data, then free it: memory the guest
  *                      used and gave back, whose contents Linux keeps
- *   hot:TOTAL:HOT:RATE keep a TOTAL MiB working set and rewrite its first HOT MiB
- *                      at RATE 4 KiB pages per second (0 = as fast as possible)
+ *   hot:TOTAL:HOT:RATE[:fresh]
+ *                      keep a TOTAL MiB working set and rewrite its first HOT MiB
+ *                      at RATE 4 KiB pages per second (0 = as fast as possible): one
+ *                      word per page, or with "fresh" the whole page with new
+ *                      pseudo-random data, which delta compression (XBZRLE) cannot shrink
  *   disk:MIB:RATE      write the first MIB MiB (1..4096) of /dev/vda (or PATH) as 4 KiB
  *                      blocks, round-robin, at RATE blocks per second (1..10000), with
  *                      O_DIRECT|O_DSYNC; at each heartbeat read back every block written
@@ -60,7 +63,7 @@
 #define MAX_BACKLOG_S 0.1
 /* With RATE 0, look at the clock every this many pages. */
 #define FAST_BURST_PAGES 1024u
-#define MAX_FIELDS 4
+#define MAX_FIELDS 5
 
 #define DISK_DEFAULT_DEVICE "/dev/vda"
 #define DISK_BLOCK 4096u
@@ -86,6 +89,7 @@ struct spec {
     uint64_t hot_total_mib;
     uint64_t hot_mib;
     uint64_t hot_rate;
+    bool hot_fresh;
     bool disk;
     uint64_t disk_mib;
     uint64_t disk_rate;
@@ -96,6 +100,8 @@ struct hot_set {
     uint64_t pages;  /* pages in the rewritten (hot) part */
     uint64_t cursor; /* next page to rewrite */
     uint64_t written;
+    bool fresh;      /* rewrite whole pages with new data */
+    uint64_t prng;
 };
 
 /* Writes earn credit with elapsed time; a stall earns at most MAX_BACKLOG_S of it. */
@@ -194,14 +200,15 @@ static struct spec parse_spec(const char *text)
             sp.stale = true;
             sp.stale_mib = field_uint(fields[1], 1, MAX_MIB, partcopy, "N (MiB)");
         } else if (strcmp(fields[0], "hot") == 0) {
-            if (n != 4)
-                die_spec("expected hot:TOTAL:HOT:RATE", partcopy);
+            if (n != 4 && !(n == 5 && strcmp(fields[4], "fresh") == 0))
+                die_spec("expected hot:TOTAL:HOT:RATE or hot:TOTAL:HOT:RATE:fresh", partcopy);
             if (sp.hot)
                 die_spec("hot given twice", NULL);
             sp.hot = true;
             sp.hot_total_mib = field_uint(fields[1], 1, MAX_MIB, partcopy, "TOTAL (MiB)");
             sp.hot_mib = field_uint(fields[2], 1, sp.hot_total_mib, partcopy, "HOT (MiB, <= TOTAL)");
             sp.hot_rate = field_uint(fields[3], 0, MAX_RATE, partcopy, "RATE (pages/s)");
+            sp.hot_fresh = n == 5;
         } else if (strcmp(fields[0], "disk") == 0) {
             if (n != 3)
                 die_spec("expected disk:MIB:RATE", partcopy);
@@ -272,11 +279,23 @@ static void fill_nonzero(uint8_t *p, uint64_t mib, uint64_t *state)
     *state = x;
 }
 
-/* One changing word per page is enough for QEMU to see the page dirty and its content new. */
+/* One changing word per page is enough for QEMU to see the page dirty and its content new;
+ * a fresh page differs from its last copy in every word, as a database buffer or a
+ * compression job's output does. */
 static void rewrite_pages(struct hot_set *hs, uint64_t count)
 {
     for (uint64_t i = 0; i < count; i++) {
         volatile uint64_t *word = (volatile uint64_t *)(hs->base + hs->cursor * WL_PAGE);
+        if (hs->fresh) {
+            uint64_t x = hs->prng;
+            for (size_t w = 0; w < WL_PAGE / sizeof x; w++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                word[w] = x;
+            }
+            hs->prng = x;
+        }
         *word = ++hs->written;
         if (++hs->cursor == hs->pages)
             hs->cursor = 0;
@@ -530,7 +549,7 @@ int main(int argc, char **argv)
 {
     if (argc != 2) {
         fprintf(stderr, "usage: [STRATA_DISK_DEVICE=PATH] strata-workload SPEC   (SPEC: idle | "
-                        "stale:N | hot:TOTAL:HOT:RATE | disk:MIB:RATE, comma-separated)\n");
+                        "stale:N | hot:TOTAL:HOT:RATE[:fresh] | disk:MIB:RATE, comma-separated)\n");
         return 2;
     }
     spec_text = argv[1];
@@ -551,6 +570,8 @@ int main(int argc, char **argv)
         hs.base = map_mib(sp.hot_total_mib, "hot set");
         fill_nonzero(hs.base, sp.hot_total_mib, &prng);
         hs.pages = sp.hot_mib * (WL_MIB / WL_PAGE);
+        hs.fresh = sp.hot_fresh;
+        hs.prng = prng | 1;
     }
     if (sp.stale) {
         uint8_t *stale = map_mib(sp.stale_mib, "stale memory");

@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--memory-mib", type=int, default=256)
     create.add_argument("--vcpus", type=int, default=1)
     create.add_argument(
-        "--workload", default="idle", help="idle | stale:N | hot:TOTAL:HOT:RATE | disk:MIB:RATE, comma-joined"
+        "--workload", default="idle",
+        help="idle | stale:N | hot:TOTAL:HOT:RATE[:fresh] | disk:MIB:RATE, comma-joined"
     )
     create.add_argument("--network", help="attach a virtio NIC on this libvirt network (every host has 'labnet')")
     create.add_argument("--disk-mib", type=int, default=0, help="attach a virtio disk (vda) of this size (0 = no disk)")
