@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import sys
 import time
 import typing as t
@@ -236,11 +235,6 @@ def one_run(
         delete_guest(name)
 
 
-def _median(values: t.Sequence[t.Optional[float]]) -> t.Optional[float]:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 3) if present else None
-
-
 def _ratio(actual: t.Optional[float], predicted: t.Optional[float]) -> t.Optional[float]:
     if actual is None or not predicted:
         return None
@@ -249,19 +243,19 @@ def _ratio(actual: t.Optional[float], predicted: t.Optional[float]) -> t.Optiona
 
 def summarize(runs: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
     def pred(key: str, which: str = "prediction") -> t.Optional[float]:
-        return _median([r[which][key] for r in runs])
+        return labkit.median([r[which][key] for r in runs])
 
     def act(key: str) -> t.Optional[float]:
-        return _median([r["actual"][key] for r in runs])
+        return labkit.median([r["actual"][key] for r in runs])
 
-    total_s = _median([r["actual"]["total_ms"] / 1000.0 if r["actual"]["total_ms"] is not None else None
-                       for r in runs])
+    total_s = labkit.median([r["actual"]["total_ms"] / 1000.0 if r["actual"]["total_ms"] is not None else None
+                             for r in runs])
     summary = {
         "repetitions": len(runs),
-        "memory_estimate_mib": _median([r["inputs"]["memory_mib"] for r in runs]),
-        "first_pass_mib": _median([r["first_pass_mib"] for r in runs]),
-        "dirty_rate_mibps": _median([r["inputs"]["dirty_rate_mibps"] for r in runs]),
-        "hot_set_mib": _median([r["inputs"]["hot_set_mib"] for r in runs]),
+        "memory_estimate_mib": labkit.median([r["inputs"]["memory_mib"] for r in runs]),
+        "first_pass_mib": labkit.median([r["first_pass_mib"] for r in runs]),
+        "dirty_rate_mibps": labkit.median([r["inputs"]["dirty_rate_mibps"] for r in runs]),
+        "hot_set_mib": labkit.median([r["inputs"]["hot_set_mib"] for r in runs]),
         "predicted_converges": [r["prediction"]["converges"] for r in runs],
         "actual_converged": [r["actual"]["completed"] for r in runs],
         "predicted_rounds": pred("rounds"),

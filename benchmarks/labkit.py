@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,4 +107,25 @@ def environment(src_uri: str, dst_uri: str) -> t.Dict[str, t.Any]:
         load_average=[round(v, 2) for v in os.getloadavg()],
         other_guests_running=others,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def median(values: t.Iterable[t.Optional[float]]) -> t.Optional[float]:
+    """Median of the values present (None skipped), to 3 decimals; None when none is."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
+
+
+def fmt(value: t.Optional[float], pattern: str = "%.0f") -> str:
+    """A table cell: the value in the pattern, or "-" when it is missing."""
+    return "-" if value is None else pattern % value
+
+
+def environment_sentence(env: t.Mapping[str, t.Any]) -> str:
+    """The results' environment line, from environment()."""
+    others = ", ".join(n for names in env["other_guests_running"].values() for n in names) or "none"
+    return (
+        "Environment: libvirt %s, QEMU %s, TCG guests on %d CPUs shared with the other lab guests running at the "
+        "time (%s), load average %s at the start, loopback network. Times vary with that load; bytes sent vary "
+        "less." % (env["libvirt"], env["qemu"], env["cpus"], others, " ".join(str(v) for v in env["load_average"]))
     )

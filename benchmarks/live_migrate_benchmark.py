@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
 import typing as t
@@ -264,18 +263,13 @@ def measure(
 # ---- summary and targets ----------------------------------------------------
 
 
-def _median(values: t.Iterable[t.Optional[float]]) -> t.Optional[float]:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 3) if present else None
-
-
 def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]], cases: t.Sequence[str]) -> t.List[t.Dict[str, t.Any]]:
     records = []
     for case in cases:
         baseline_medians = None
         for method in METHODS:
             runs = [m for m in measurements if m["case"] == case and m["method"] == method]
-            medians = {key: _median(r.get(key) for r in runs) for key in MEDIAN_KEYS}
+            medians = {key: labkit.median(r.get(key) for r in runs) for key in MEDIAN_KEYS}
             if method == "baseline":
                 baseline_medians = medians
             ratios = {}
@@ -299,10 +293,6 @@ def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]], cases: t.Sequence
 
 def _record(records: t.Sequence[t.Mapping[str, t.Any]], case: str, method: str) -> t.Optional[t.Mapping[str, t.Any]]:
     return next((r for r in records if r["case"] == case and r["method"] == method), None)
-
-
-def _fmt(value: t.Optional[float], fmt: str = "%.0f") -> str:
-    return "-" if value is None else fmt % value
 
 
 def check_targets(
@@ -335,7 +325,7 @@ def check_targets(
         downtime = engine["medians"]["downtime_ms"]
         passed = done == len(engine["runs"]) and downtime is not None and downtime <= max_downtime_ms
         return passed, "%d/%d runs completed within %g s; median downtime %s ms" % (
-            done, len(engine["runs"]), bound_s, _fmt(downtime))
+            done, len(engine["runs"]), bound_s, labkit.fmt(downtime))
 
     def postcopy_cheap(engine: t.Mapping[str, t.Any]) -> t.Tuple[bool, str]:
         medians = engine["medians"]
@@ -349,16 +339,16 @@ def check_targets(
         return passed, (
             "%d/%d runs completed; sent %s MiB (limit %s = 1.5 x %s); job %s s (limit %s = 2.5 x floor %s s)"
         ) % (
-            done, engine["runs_total"], _fmt(sent, "%.1f"), _fmt(memory and 1.5 * memory, "%.1f"),
-            _fmt(memory), _fmt(job_ms and job_ms / 1000.0, "%.2f"),
-            _fmt(floor_s and 2.5 * floor_s, "%.2f"), _fmt(floor_s, "%.2f"))
+            done, engine["runs_total"], labkit.fmt(sent, "%.1f"), labkit.fmt(memory and 1.5 * memory, "%.1f"),
+            labkit.fmt(memory), labkit.fmt(job_ms and job_ms / 1000.0, "%.2f"),
+            labkit.fmt(floor_s and 2.5 * floor_s, "%.2f"), labkit.fmt(floor_s, "%.2f"))
 
     def stale_saves(base: t.Mapping[str, t.Any], engine: t.Mapping[str, t.Any]) -> t.Tuple[bool, str]:
         sent, base_sent = engine["medians"]["transferred_mib"], base["medians"]["transferred_mib"]
         complete = engine["runs_completed"] == engine["runs_total"] and base["runs_completed"] == base["runs_total"]
         passed = complete and sent is not None and bool(base_sent) and sent <= 0.25 * base_sent
         return passed, "engine %s MiB vs baseline %s MiB (ratio %s; completed %d/%d and %d/%d)" % (
-            _fmt(sent, "%.1f"), _fmt(base_sent, "%.1f"), _fmt(engine["ratio_to_baseline"]["transferred_mib"], "%.3f"),
+            labkit.fmt(sent, "%.1f"), labkit.fmt(base_sent, "%.1f"), labkit.fmt(engine["ratio_to_baseline"]["transferred_mib"], "%.3f"),
             engine["runs_completed"], engine["runs_total"], base["runs_completed"], base["runs_total"])
 
     def converging_no_worse(base: t.Mapping[str, t.Any], engine: t.Mapping[str, t.Any]) -> t.Tuple[bool, str]:
@@ -369,9 +359,9 @@ def check_targets(
             and ratios["job_ms"] <= 1.10 and ratios["downtime_ms"] <= 1.10
         )
         return passed, "job %s vs %s ms (ratio %s); downtime %s vs %s ms (ratio %s); completed %d/%d and %d/%d" % (
-            _fmt(engine["medians"]["job_ms"]), _fmt(base["medians"]["job_ms"]), _fmt(ratios["job_ms"], "%.2f"),
-            _fmt(engine["medians"]["downtime_ms"]), _fmt(base["medians"]["downtime_ms"]),
-            _fmt(ratios["downtime_ms"], "%.2f"),
+            labkit.fmt(engine["medians"]["job_ms"]), labkit.fmt(base["medians"]["job_ms"]), labkit.fmt(ratios["job_ms"], "%.2f"),
+            labkit.fmt(engine["medians"]["downtime_ms"]), labkit.fmt(base["medians"]["downtime_ms"]),
+            labkit.fmt(ratios["downtime_ms"], "%.2f"),
             engine["runs_completed"], engine["runs_total"], base["runs_completed"], base["runs_total"])
 
     add("shaking", "baseline does not complete within the bound", ("baseline",), baseline_stuck)
@@ -395,7 +385,7 @@ def preparation_overhead(records: t.Sequence[t.Mapping[str, t.Any]]) -> t.Option
         "engine_wall_ms": engine["medians"]["wall_ms"],
         "baseline_wall_ms": base["medians"]["wall_ms"],
         "engine_prepare_ms": engine["medians"]["prepare_ms"],
-        "engine_outside_job_ms": _median(outside),
+        "engine_outside_job_ms": labkit.median(outside),
     }
 
 
@@ -454,8 +444,8 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
             strategy = "%s (%s)" % (", ".join(record["strategies"]), ", ".join(record["hot_layers"]))
         lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             record["case"], record["method"], strategy, record["runs_completed"], record["runs_total"],
-            _seconds(medians["job_ms"]), _seconds(medians["wall_ms"]), _fmt(medians["downtime_ms"]),
-            _fmt(medians["transferred_mib"], "%.1f"), _fmt(medians["floor_s"], "%.2f"),
+            _seconds(medians["job_ms"]), _seconds(medians["wall_ms"]), labkit.fmt(medians["downtime_ms"]),
+            labkit.fmt(medians["transferred_mib"], "%.1f"), labkit.fmt(medians["floor_s"], "%.2f"),
             _ratio(ratios["transferred_mib"]) if record["method"] != "baseline" else "",
             _ratio(ratios["job_ms"]) if record["method"] != "baseline" else "",
             _ratio(ratios["downtime_ms"]) if record["method"] != "baseline" else "",
@@ -486,18 +476,14 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
     for row in _runs(report):
         lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["case"], row["method"], row["run"], "yes" if row["completed"] else "no",
-            row["aborted_by"] or "-", _seconds(row["job_ms"]), _seconds(row["wall_ms"]), _fmt(row["downtime_ms"]),
-            _fmt(row["transferred_mib"], "%.1f"), _fmt(row["used_memory_mib"], "%.1f"),
-            _fmt(row.get("postcopy_switch_s"), "%.2f"), ", ".join(row.get("shaking") or []) or "-",
+            row["aborted_by"] or "-", _seconds(row["job_ms"]), _seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]),
+            labkit.fmt(row["transferred_mib"], "%.1f"), labkit.fmt(row["used_memory_mib"], "%.1f"),
+            labkit.fmt(row.get("postcopy_switch_s"), "%.2f"), ", ".join(row.get("shaking") or []) or "-",
             row["job_ms_source"],
         ))
     lines += [
         "",
-        "Environment: libvirt %s, QEMU %s, TCG guests on %d CPUs shared with the other lab guests running at the "
-        "time (%s), load average %s at the start, loopback network. Times vary with that load; bytes sent vary "
-        "less." % (env["libvirt"], env["qemu"], env["cpus"],
-                   ", ".join(n for names in env["other_guests_running"].values() for n in names) or "none",
-                   " ".join(str(v) for v in env["load_average"])),
+        labkit.environment_sentence(env),
         "",
         "Made with: `%s`" % report["command"],
         "",
@@ -561,8 +547,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                 row = measure(case, method, run, args, src_uri, dst_uri)
                 print("run %d %-10s %-15s %-9s job %6s s  wall %6s s  downtime %5s ms  sent %7s MiB  used %6s MiB%s"
                       % (run, case, method, "completed" if row["completed"] else "FAILED", _seconds(row["job_ms"]),
-                         _seconds(row["wall_ms"]), _fmt(row["downtime_ms"]), _fmt(row["transferred_mib"], "%.1f"),
-                         _fmt(row["used_memory_mib"], "%.1f"),
+                         _seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]), labkit.fmt(row["transferred_mib"], "%.1f"),
+                         labkit.fmt(row["used_memory_mib"], "%.1f"),
                          "  (%s)" % row["strategy"] if row.get("strategy") else ""), file=sys.stderr, flush=True)
                 measurements.append(row)
     results = summarize(measurements, cases)

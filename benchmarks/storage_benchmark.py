@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import sys
 import threading
@@ -354,11 +353,6 @@ def failures_of(row: t.Mapping[str, t.Any]) -> t.List[str]:
 # ---- summary and report -----------------------------------------------------
 
 
-def _median(values: t.Iterable[t.Optional[float]]) -> t.Optional[float]:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 3) if present else None
-
-
 def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]]) -> t.Tuple[t.List[t.Dict[str, t.Any]], t.Dict[str, t.Any]]:
     """Per mode: counts and medians of the completed runs; and live_migrate / virsh of each median."""
     results = []
@@ -372,12 +366,12 @@ def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]]) -> t.Tuple[t.List
             "runs_intact": sum(1 for r in runs if r["integrity"].get("intact") is True),
             "source_image_left": sum(1 for r in runs if r["source_image_left"]),
             "source_image_removed_by": sorted({r["source_image_removed_by"] for r in runs if r["source_image_removed_by"]}),
-            "medians": {key: _median(r[key] for r in completed) for key, _label, _fmt in METRICS},
-            "src_image_mib_median": _median(r["src_image_mib"] for r in runs),
-            "disk_total_mib_median": _median(r["disk_total_mib"] for r in completed),
+            "medians": {key: labkit.median(r[key] for r in completed) for key, _label, _fmt in METRICS},
+            "src_image_mib_median": labkit.median(r["src_image_mib"] for r in runs),
+            "disk_total_mib_median": labkit.median(r["disk_total_mib"] for r in completed),
             # The engine only: where its wall time went.
             "phases_s_median": {
-                phase: _median((r.get("phases_s") or {}).get(phase) for r in completed)
+                phase: labkit.median((r.get("phases_s") or {}).get(phase) for r in completed)
                 for phase in ("before_job", "migration_call", "after_call")
             } if mode == "live_migrate" else None,
             "runs": list(runs),
@@ -390,10 +384,6 @@ def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]]) -> t.Tuple[t.List
     return results, ratios
 
 
-def _fmt(value: t.Optional[float], fmt: str = "%.0f") -> str:
-    return "-" if value is None else fmt % value
-
-
 def _disk_workload_mib(workload: str) -> t.Optional[int]:
     for part in workload.split(","):
         fields = part.split(":")
@@ -403,7 +393,7 @@ def _disk_workload_mib(workload: str) -> t.Optional[int]:
 
 
 def _per_run(record: t.Mapping[str, t.Any], key: str) -> str:
-    return ", ".join(_fmt(row[key]) for row in sorted(record["runs"], key=lambda row: row["run"]))
+    return ", ".join(labkit.fmt(row[key]) for row in sorted(record["runs"], key=lambda row: row["run"]))
 
 
 def _downtime_note(virsh: t.Mapping[str, t.Any], engine: t.Mapping[str, t.Any]) -> str:
@@ -475,7 +465,7 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
     for key, label, fmt in METRICS:
         ratio = report["live_migrate_over_virsh"][key]
         lines.append("| %s | %s | %s | %s |" % (
-            label, _fmt(virsh["medians"][key], fmt), _fmt(engine["medians"][key], fmt),
+            label, labkit.fmt(virsh["medians"][key], fmt), labkit.fmt(engine["medians"][key], fmt),
             "%.2fx" % ratio if ratio is not None else "-",
         ))
     lines += [
@@ -489,16 +479,16 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         "Disk copy: libvirt counted %s MiB of disk to copy (disk_total, median) for a %d MiB disk whose source "
         "image had %s MiB allocated; the destination image had %s (virsh) and %s (live_migrate) MiB allocated "
         "afterwards." % (
-            _fmt(_median([virsh["disk_total_mib_median"], engine["disk_total_mib_median"]]), "%.1f"),
-            params["disk_mib"], _fmt(_median([virsh["src_image_mib_median"], engine["src_image_mib_median"]]), "%.1f"),
-            _fmt(virsh["medians"]["dst_image_mib"], "%.1f"), _fmt(engine["medians"]["dst_image_mib"], "%.1f")),
+            labkit.fmt(labkit.median([virsh["disk_total_mib_median"], engine["disk_total_mib_median"]]), "%.1f"),
+            params["disk_mib"], labkit.fmt(labkit.median([virsh["src_image_mib_median"], engine["src_image_mib_median"]]), "%.1f"),
+            labkit.fmt(virsh["medians"]["dst_image_mib"], "%.1f"), labkit.fmt(engine["medians"]["dst_image_mib"], "%.1f")),
         "",
         "Where the engine's wall time went (medians): %s s before libvirt's job started (pre-flight checks, the "
         "dirty-rate measurement, compaction), %s s in the migration call (virsh's whole call: %s s) and %s s after "
         "it returned (balloon restore, checks of where the domain runs, deleting the source image)." % (
-            _fmt(engine["phases_s_median"]["before_job"], "%.2f"),
-            _fmt(engine["phases_s_median"]["migration_call"], "%.2f"),
-            _fmt(virsh["medians"]["wall_s"], "%.2f"), _fmt(engine["phases_s_median"]["after_call"], "%.2f")),
+            labkit.fmt(engine["phases_s_median"]["before_job"], "%.2f"),
+            labkit.fmt(engine["phases_s_median"]["migration_call"], "%.2f"),
+            labkit.fmt(virsh["medians"]["wall_s"], "%.2f"), labkit.fmt(engine["phases_s_median"]["after_call"], "%.2f")),
         "",
         "Source image: libvirt leaves the source's image in %s's pool after a move with --copy-storage-all and "
         "--undefinesource (the domain is gone from %s, its disk is not); the benchmark deleted it after each virsh "
@@ -521,18 +511,14 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["mode"], row["run"], "yes" if row["completed"] else "no",
             {True: "yes", False: "NO", None: "not checked"}[intact],
-            _fmt(row["wall_s"], "%.2f"), _fmt(row["job_ms"]), _fmt(row["downtime_ms"]),
-            _fmt(row["disk_mib"], "%.1f"), _fmt(row["memory_mib"], "%.1f"), _fmt(row["sent_mib"], "%.1f"),
-            _fmt(row["src_image_mib"], "%.1f"), _fmt(row["dst_image_mib"], "%.1f"), _source_image(row),
+            labkit.fmt(row["wall_s"], "%.2f"), labkit.fmt(row["job_ms"]), labkit.fmt(row["downtime_ms"]),
+            labkit.fmt(row["disk_mib"], "%.1f"), labkit.fmt(row["memory_mib"], "%.1f"), labkit.fmt(row["sent_mib"], "%.1f"),
+            labkit.fmt(row["src_image_mib"], "%.1f"), labkit.fmt(row["dst_image_mib"], "%.1f"), _source_image(row),
             row.get("strategy") or "-",
         ))
     lines += [
         "",
-        "Environment: libvirt %s, QEMU %s, TCG guests on %d CPUs shared with the other lab guests running at the "
-        "time (%s), load average %s at the start, loopback network. Times vary with that load; bytes sent vary "
-        "less." % (env["libvirt"], env["qemu"], env["cpus"],
-                   ", ".join(n for names in env["other_guests_running"].values() for n in names) or "none",
-                   " ".join(str(v) for v in env["load_average"])),
+        labkit.environment_sentence(env),
         "",
         "Made with: `%s` (%.0f s)" % (report["command"], report["elapsed_s"]),
         "",
@@ -623,9 +609,9 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
             row = measure(mode, run, args, src_uri, dst_uri)
             print("run %d %-12s %-9s wall %6s s  job %6s ms  downtime %4s ms  sent %7s MiB (disk %s)  intact %s  "
                   "source image %s" % (
-                      run, mode, "completed" if row["completed"] else "FAILED", _fmt(row["wall_s"], "%.2f"),
-                      _fmt(row["job_ms"]), _fmt(row["downtime_ms"]), _fmt(row["sent_mib"], "%.1f"),
-                      _fmt(row["disk_mib"], "%.1f"), row["integrity"].get("intact"), _source_image(row),
+                      run, mode, "completed" if row["completed"] else "FAILED", labkit.fmt(row["wall_s"], "%.2f"),
+                      labkit.fmt(row["job_ms"]), labkit.fmt(row["downtime_ms"]), labkit.fmt(row["sent_mib"], "%.1f"),
+                      labkit.fmt(row["disk_mib"], "%.1f"), row["integrity"].get("intact"), _source_image(row),
                   ), file=sys.stderr, flush=True)
             measurements.append(row)
     results, ratios = summarize(measurements)
