@@ -9,9 +9,10 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .config import HostSpec, LabError, LabState
-from .hosts import define_from_xml, host_libvirtd_pid, virsh
+from .hosts import define_from_xml, run_in_host, virsh
 from .storage import create_nbd_image, delete_nbd_image, nbd_dir, nbd_disk_xml
 
+FILL_TIMEOUT_S = 600
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _WORKLOAD_RE = re.compile(r"^[a-z0-9:,]+$")
 READY_MARKER = "STRATA-READY name={name} "
@@ -178,16 +179,14 @@ def _create_disk(state: LabState, host: HostSpec, guest: GuestSpec) -> str:
     """The guest's disk as domain XML, its image created; the disk is vda on virtio-blk."""
     if guest.disk_pool == "nbd":
         export = create_nbd_image(state, nbd_export(guest.name), guest.disk_mib)
-        _fill_disk(guest, ["qemu-io", "-f", "raw", "-c", _fill_command(guest), str(nbd_dir(state) / export)])
+        _fill_disk(guest, str(nbd_dir(state) / export))
         return nbd_disk_xml(export)
     volume = f"{guest.name}.{guest.disk_format}"
     # A volume of this name belongs to no guest (the name is free): a failed earlier run left it.
     virsh(host.uri, "vol-delete", "--pool", guest.disk_pool, volume, check=False)
     virsh(host.uri, "vol-create-as", guest.disk_pool, volume, f"{guest.disk_mib}M", "--format", guest.disk_format)
     path = virsh(host.uri, "vol-path", "--pool", guest.disk_pool, volume).strip()
-    # The path is the host's: only its mount namespace has its private pools.
-    _fill_disk(guest, ["nsenter", "-t", str(host_libvirtd_pid(host)), "-m", "--",
-                       "qemu-io", "-f", guest.disk_format, "-c", _fill_command(guest), path])
+    _fill_disk(guest, path, host)
     if guest.disk_pool == "shared":
         _refresh_shared_pools(state)
     # cache='none': libvirt refuses to live-migrate shared disks with host caching as unsafe. A
@@ -199,16 +198,20 @@ def _create_disk(state: LabState, host: HostSpec, guest: GuestSpec) -> str:
     )
 
 
-def _fill_command(guest: GuestSpec) -> str:
-    # A non-zero pattern: data every copy must carry, unlike unwritten or zero ranges.
-    return f"write -P 0x5a 0 {guest.disk_fill_mib}M"
+def _fill_disk(guest: GuestSpec, path: str, host: HostSpec | None = None) -> None:
+    """Write disk_fill_mib MiB of data from the start of the new disk, before the guest boots.
 
-
-def _fill_disk(guest: GuestSpec, argv: list[str]) -> None:
-    """Write disk_fill_mib MiB of data from the start of the new disk, before the guest boots."""
+    host: the host whose private pool holds the path (only its mount namespace has it); None for
+    an image this machine sees (the NBD server's).
+    """
     if not guest.disk_fill_mib:
         return
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    # A non-zero pattern: data every copy must carry, unlike unwritten or zero ranges.
+    argv = ["qemu-io", "-f", guest.disk_format, "-c", f"write -P 0x5a 0 {guest.disk_fill_mib}M", path]
+    if host is None:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=FILL_TIMEOUT_S, check=False)
+    else:
+        done = run_in_host(host, argv, FILL_TIMEOUT_S)
     if done.returncode:
         raise LabError(f"guest {guest.name}: filling its disk failed: {done.stderr.strip() or done.stdout.strip()}")
 

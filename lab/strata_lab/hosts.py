@@ -280,38 +280,33 @@ def virsh_ok(uri: str) -> bool:
         return False
 
 
-def host_libvirtd_pid(host: HostSpec) -> int:
-    """The pid of the host's libvirtd, whose mount namespace holds the host's private pools."""
+def run_in_host(host: HostSpec, command: list[str], timeout_s: float = 30) -> subprocess.CompletedProcess:
+    """Run a command in the host's mount namespace (its libvirtd's, where its private pools are mounted)."""
     pids = libvirtd_pids(host)
     if not pids:
         raise LabError(f"host {host.name} is down")
-    return pids[0]
-
-
-def _in_host(host: HostSpec, command: list[str]) -> subprocess.CompletedProcess:
-    """Run a command in the host's mount namespace."""
-    return subprocess.run(["nsenter", "-t", str(host_libvirtd_pid(host)), "-m", "--", *command],
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(["nsenter", "-t", str(pids[0]), "-m", "--", *command],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
 def fill_pool(host: HostSpec, leave_mib: int) -> dict:
     """Fill the host's small pool until leave_mib MiB are free, with one file libvirt sees as a volume."""
     filler = f"{SMALL_POOL_DIR}/filler.raw"
-    _in_host(host, ["rm", "-f", filler])
-    df = _in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR])
+    run_in_host(host, ["rm", "-f", filler])
+    df = run_in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR])
     free = int(df.stdout.split()[-1])
     size = max(0, free - leave_mib * 1024 * 1024)
     if size:
-        done = _in_host(host, ["fallocate", "-l", str(size), filler])
+        done = run_in_host(host, ["fallocate", "-l", str(size), filler])
         if done.returncode:
             raise LabError(f"cannot fill pool {SMALL_POOL} on {host.name}: {done.stderr.strip()}")
     virsh(host.uri, "pool-refresh", SMALL_POOL)
-    left = int(_in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR]).stdout.split()[-1])
+    left = int(run_in_host(host, ["df", "-B1", "--output=avail", SMALL_POOL_DIR]).stdout.split()[-1])
     return {"host": host.name, "pool": SMALL_POOL, "filled_mib": size // 1048576, "free_mib": left // 1048576, "changed": True}
 
 
 def free_pool(host: HostSpec) -> dict:
-    done = _in_host(host, ["rm", "-f", f"{SMALL_POOL_DIR}/filler.raw"])
+    done = run_in_host(host, ["rm", "-f", f"{SMALL_POOL_DIR}/filler.raw"])
     if done.returncode:
         raise LabError(f"cannot empty pool {SMALL_POOL} on {host.name}: {done.stderr.strip()}")
     virsh(host.uri, "pool-refresh", SMALL_POOL)
