@@ -83,3 +83,4 @@ bench: venv lab-up
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/storage_benchmark.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/shaking_benchmark.py $(BENCH_ARGS)

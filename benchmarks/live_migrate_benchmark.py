@@ -112,11 +112,14 @@ def guest_memory(uri: str, name: str) -> t.Tuple[float, t.Optional[float]]:
     return maximum_mib, round((stats["actual"] - stats["unused"]) / 1024.0, 1)
 
 
-def run_baseline(args: argparse.Namespace, src_uri: str, dst_uri: str, name: str) -> t.Dict[str, t.Any]:
+def run_baseline(
+    args: argparse.Namespace, src_uri: str, dst_uri: str, name: str, **by_hand: t.Any,
+) -> t.Dict[str, t.Any]:
+    """Plain libvirt; by_hand: what an operator adds by hand (migration_runner.plain_migrate's auto_converge, ...)."""
     started = time.monotonic()
     migration = migration_runner.plain_migrate(
         src_uri, dst_uri, name, bandwidth_mibps=args.bandwidth_mibps, max_downtime_ms=args.max_downtime_ms,
-        timeout_s=args.bound_s,
+        timeout_s=args.bound_s, **by_hand,
     )
     wall_ms = (time.monotonic() - started) * 1000.0
     job_ms, job_ms_source = migration["total_ms"], "completed_job"
@@ -142,8 +145,9 @@ def run_baseline(args: argparse.Namespace, src_uri: str, dst_uri: str, name: str
         "hot_layer": None,
         "iterations": migration["iterations"],
         "stats_source": migration["stats_source"],
+        "postcopy_switch_s": migration["postcopy_switch_s"],
         "remaining_timeline": [
-            {"t_s": s["t_s"], "remaining_mib": s["memory_remaining_mib"]}
+            {"t_s": s["t_s"], "remaining_mib": s["memory_remaining_mib"], "throttle_percent": s["throttle_percent"]}
             for s in samples if s.get("memory_remaining_mib") is not None
         ],
     }
@@ -157,11 +161,12 @@ def _event_s(timeline: t.Sequence[t.Mapping[str, t.Any]], event: str, **match: t
 
 
 def run_engine(
-    args: argparse.Namespace, src_uri: str, dst_uri: str, name: str, allow_postcopy: bool,
+    args: argparse.Namespace, src_uri: str, dst_uri: str, name: str, allow_postcopy: bool, **engine_extra: t.Any,
 ) -> t.Dict[str, t.Any]:
+    """run_live_migration with strategy auto; engine_extra: further engine options (a diagnosis, not a method)."""
     options = engine_options(
         strategy="auto", bandwidth_mibps=args.bandwidth_mibps, max_downtime_ms=args.max_downtime_ms,
-        timeout_s=int(args.bound_s), allow_postcopy=allow_postcopy,
+        timeout_s=int(args.bound_s), allow_postcopy=allow_postcopy, **engine_extra,
     )
     checks = preflight_options(
         name, dst_uri, measure_dirty_rate_s=MEASURE_DIRTY_RATE_S, bandwidth_mibps=args.bandwidth_mibps,
@@ -217,7 +222,8 @@ def run_engine(
         "restore": _picked(result.get("restore"), ("before_mib", "after_mib", "elapsed_s", "reached_target")),
         "prediction": _picked(result.get("prediction"), ("strategy", "converges", "total_s", "downtime_ms")),
         "remaining_timeline": [
-            {"t_s": round(e["t_s"] - offset_s, 3), "remaining_mib": e["remaining_mib"]}
+            {"t_s": round(e["t_s"] - offset_s, 3), "remaining_mib": e["remaining_mib"],
+             "throttle_percent": e.get("throttle_percent")}
             for e in timeline if e.get("remaining_mib") is not None
         ],
         "timeline": timeline,

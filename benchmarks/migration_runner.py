@@ -11,10 +11,19 @@ behaviour with what plain libvirt does on its own.
 Stable interface (other benchmarks rely on it; extend, do not rename):
 
 ``plain_migrate(src_uri, dst_uri, name, bandwidth_mibps=0, max_downtime_ms=300,
-timeout_s=60, sample_period_s=0.2) -> dict``
+timeout_s=60, sample_period_s=0.2, auto_converge=None, postcopy_after_first_pass=False) -> dict``
     One live migration with flags LIVE | PEER2PEER | PERSIST_DEST |
     UNDEFINE_SOURCE, nothing else (no compression, no auto-converge, no
-    post-copy). ``bandwidth_mibps`` > 0 caps the migration stream (0 leaves
+    post-copy) unless asked for what an operator types by hand:
+    ``auto_converge=(initial, increment)`` adds AUTO_CONVERGE with those
+    throttle percentages (``virsh migrate --auto-converge
+    --auto-converge-initial I --auto-converge-increment N``), and
+    ``postcopy_after_first_pass`` adds POSTCOPY with the cap kept after the
+    switch and calls migrateStartPostCopy once the first pass is done
+    (``virsh migrate --postcopy --postcopy-after-precopy --postcopy-bandwidth``).
+    A job that switched to post-copy cannot be aborted: past ``timeout_s``
+    the runner waits ``ABORT_GRACE_S`` more and then raises.
+    ``bandwidth_mibps`` > 0 caps the migration stream (0 leaves
     libvirt's setting for the domain, unlimited by default);
     ``max_downtime_ms`` is set with migrateSetMaxDowntime before the start.
     ``dom.jobStats()`` is sampled every ``sample_period_s`` while the job
@@ -42,8 +51,9 @@ timeout_s=60, sample_period_s=0.2) -> dict``
     - ``completed_stats``: libvirt's raw completed statistics (dict or None);
     - ``timeline``: one dict per sample with ``t_s``, ``memory_processed_mib``,
       ``memory_remaining_mib``, ``iteration``, ``dirty_rate_mibps``
-      (QEMU's rate of pages dirtied during the last pass) and
-      ``memory_bps``;
+      (QEMU's rate of pages dirtied during the last pass), ``memory_bps``
+      and ``throttle_percent`` (auto-converge's CPU throttle, None when off);
+    - ``postcopy_switch_s``: when migrateStartPostCopy returned (None without a switch);
     - the arguments: ``name``, ``src_uri``, ``dst_uri``, ``bandwidth_mibps``,
       ``max_downtime_ms``, ``timeout_s``, ``wall_s`` (seconds this call took).
 
@@ -122,6 +132,7 @@ def _sample(dom: t.Any, started: float) -> t.Optional[t.Dict[str, t.Any]]:
         "iteration": stats.get("memory_iteration"),
         "dirty_rate_mibps": _mib(stats.get("memory_dirty_rate", 0) * page_size),
         "memory_bps": stats.get("memory_bps"),
+        "throttle_percent": stats.get("auto_converge_throttle"),
     }
 
 
@@ -158,6 +169,8 @@ def plain_migrate(
     max_downtime_ms: int = 300,
     timeout_s: float = 60,
     sample_period_s: float = 0.2,
+    auto_converge: t.Optional[t.Tuple[int, int]] = None,
+    postcopy_after_first_pass: bool = False,
 ) -> t.Dict[str, t.Any]:
     """Live-migrate `name` from src_uri to dst_uri with plain libvirt; see the module docstring."""
     if bandwidth_mibps < 0 or max_downtime_ms <= 0 or timeout_s <= 0 or sample_period_s <= 0:
@@ -174,13 +187,22 @@ def plain_migrate(
             raise RuntimeError("domain %r is not running on %s" % (name, src_uri))
         dom.migrateSetMaxDowntime(int(max_downtime_ms), 0)
         params: t.Dict[str, t.Any] = {}
+        flags = MIGRATE_FLAGS
         if bandwidth_mibps:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth_mibps)
+        if auto_converge is not None:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = int(auto_converge[0])
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = int(auto_converge[1])
+        if postcopy_after_first_pass:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+            if bandwidth_mibps:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(bandwidth_mibps)
         outcome: t.Dict[str, t.Any] = {"error": None}
 
         def migrate() -> None:
             try:
-                dom.migrateToURI3(dst_uri, params, MIGRATE_FLAGS)
+                dom.migrateToURI3(dst_uri, params, flags)
             except libvirt.libvirtError as exc:
                 outcome["error"] = exc.get_error_message()
 
@@ -189,8 +211,9 @@ def plain_migrate(
         started = time.monotonic()
         worker.start()
         aborted = False
+        switched_s: t.Optional[float] = None
         while worker.is_alive():
-            if not aborted and time.monotonic() - started >= timeout_s:
+            if not aborted and switched_s is None and time.monotonic() - started >= timeout_s:
                 aborted = True
                 try:
                     dom.abortJob()
@@ -200,10 +223,17 @@ def plain_migrate(
             sample = _sample(dom, started) if not aborted else None
             if sample is not None:
                 timeline.append(sample)
+                if postcopy_after_first_pass and switched_s is None and (sample["iteration"] or 0) >= 2:
+                    try:
+                        dom.migrateStartPostCopy(0)
+                        switched_s = round(time.monotonic() - started, 3)
+                    except libvirt.libvirtError:
+                        pass  # pre-copy may have just completed; the next sample tells
             worker.join(sample_period_s)
-            if aborted and time.monotonic() - started >= timeout_s + ABORT_GRACE_S:
+            if (aborted or switched_s is not None) and time.monotonic() - started >= timeout_s + ABORT_GRACE_S:
                 raise RuntimeError(
-                    "migration of %r did not stop within %s s of abortJob()" % (name, ABORT_GRACE_S)
+                    "migration of %r did not end within %s s after its bound (%s)"
+                    % (name, ABORT_GRACE_S, "post-copy" if switched_s is not None else "abortJob()")
                 )
         wall_s = time.monotonic() - started
 
@@ -226,6 +256,7 @@ def plain_migrate(
             "error": outcome["error"],
             "running_on": ("destination" if dst_uri in running else "source" if src_uri in running else None),
             "wall_s": round(wall_s, 3),
+            "postcopy_switch_s": switched_s,
             "stats_source": stats_source,
             "completed_stats": stats,
             "timeline": timeline,

@@ -21,6 +21,8 @@ STYLES = {
     "engine": ("engine, no post-copy", {"color": "tab:blue", "linestyle": "-", "marker": "o", "markersize": 4}),
     "engine_postcopy": ("engine, post-copy allowed",
                         {"color": "tab:green", "linestyle": "--", "marker": "s", "markersize": 4}),
+    "virsh_tuned": ("virsh, hand-tuned auto-converge", {"color": "tab:orange", "linestyle": "-"}),
+    "virsh_postcopy": ("virsh, post-copy after the first pass", {"color": "tab:purple", "linestyle": "--"}),
 }
 
 
@@ -51,4 +53,38 @@ def plot_remaining(
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_remaining_and_throttle(
+    series: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
+    bound_s: float,
+    title: str,
+    path: Path,
+) -> None:
+    """Remaining memory (MiB, above) and the guest's CPU throttle (%, below) over the job's time, per method.
+
+    series: method -> [{t_s, remaining_mib, throttle_percent}]; a missing throttle counts as 0.
+    """
+    figure, (upper, lower) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=(2, 1))
+    for method, points in series.items():
+        label, style = STYLES.get(method, (method, {}))
+        if not points:
+            label += " (no samples)"
+        times = [p["t_s"] for p in points]
+        upper.plot(times, [p["remaining_mib"] for p in points], label=label, **style)
+        lower.plot(times, [p.get("throttle_percent") or 0 for p in points], label=label, **style)
+    for axes in (upper, lower):
+        axes.axvline(bound_s, color="grey", linestyle=":")
+        axes.set_xlim(left=0)
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+    upper.set_ylabel("memory left to send (MiB)")
+    upper.set_title(title)
+    upper.legend(fontsize="small")
+    lower.set_ylabel("guest CPU throttle (%)")
+    lower.set_ylim(0, 100)
+    lower.set_xlabel("time since the migration job started (s); dotted: the time bound (%g s)" % bound_s)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
     plt.close(figure)

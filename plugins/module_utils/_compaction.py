@@ -467,16 +467,20 @@ class _Balloon:
         self.dom.setMemoryStatsPeriod(ENABLED_STATS_PERIOD_S, DOMAIN_AFFECT_LIVE)
         self.stats_enabled = True
 
-    def fresh_stats(self, period_s: int) -> t.Dict[str, int]:
+    def fresh_stats(self, period_s: int, seen_last_update: t.Optional[int] = None) -> t.Dict[str, int]:
         """Wait for the guest's next statistics report and return it in MiB.
 
         Statistics are the guest's last report, and libvirt keeps the last one
         even after reporting stopped; sizing from an old report could starve a
         guest whose working set grew since, so one new report is awaited.
+        seen_last_update: the report's timestamp the caller read earlier; a
+        report newer than that is already new, and nothing is awaited.
         """
         first = self.dom.memoryStats()
         last_update = first.get("last_update")
         if last_update is None and _has_guest_stats(first):
+            return balloon_stats_mib(first)
+        if seen_last_update is not None and last_update not in (None, seen_last_update) and _has_guest_stats(first):
             return balloon_stats_mib(first)
         waited_from = self.clock()
         bound = min(self.deadline, waited_from + STATS_FRESH_PERIODS * period_s + STATS_FRESH_SLACK_S)
@@ -617,8 +621,13 @@ def ensure_compacted(
     check_mode: bool = False,
     sleep: t.Callable[[float], None] = time.sleep,
     clock: t.Callable[[], float] = time.monotonic,
+    seen_last_update: t.Optional[int] = None,
 ) -> t.Tuple[bool, CompactionResult]:
     """Balloon a running domain down to its working set plus headroom.
+
+    seen_last_update: the timestamp of a statistics report read earlier (see
+    _Balloon.fresh_stats); live_migrate reads it before its dirty-rate
+    measurement, so the report the guest sent meanwhile needs no wait.
 
     Already within the tolerance of the target: nothing changes. Check mode:
     report the target and stop. Otherwise record the pre-compaction size in
@@ -650,7 +659,7 @@ def ensure_compacted(
             )
         balloon.enable_stats()
         period_s = ENABLED_STATS_PERIOD_S
-    stats = balloon.fresh_stats(period_s)
+    stats = balloon.fresh_stats(period_s, seen_last_update)
     try:
         plan = compaction_target(stats, params.headroom_mib, params.headroom_percent, params.min_memory_mib)
     except BalloonStatsError as exc:

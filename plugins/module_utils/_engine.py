@@ -92,6 +92,11 @@ AUTO_CONVERGE_INCREMENT_PERCENT = 20
 # rounds must still be cached when they come round again.
 XBZRLE_CACHE_HOT_SET_FACTOR = 2.0
 XBZRLE_CACHE_MIN_MIB = 16
+# XBZRLE is judged once it has tried to encode this many cached pages (8 MiB of 4 KiB pages),
+# and pays when the encoded pages saved at least this share of what they would have cost whole.
+# Pages rewritten with fresh data overflow the encoder: they cross whole and save nothing.
+XBZRLE_JUDGE_MIN_PAGES = 2048
+XBZRLE_PAYING_SAVED_FRACTION = 0.25
 # The downtime target starts at a quarter of max_downtime_ms for the hot layer
 # and rises in these fractions each time shaking persists.
 DOWNTIME_RAMP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -320,6 +325,7 @@ def plan_migration(
     memory_mib: float,
     hot_set_mib: t.Optional[float],
     copied_disks: t.Sequence[str] = (),
+    auto_converge: t.Optional[t.Tuple[int, int]] = None,
 ) -> MigrationPlan:
     """Resolve the strategy and turn it into flags, parameters and a hot-layer treatment.
 
@@ -328,6 +334,9 @@ def plan_migration(
     hot_set_mib: the measured volume of pages rewritten within the
     measurement window, used to size the XBZRLE cache. copied_disks: the
     targets of the local disks a storage copy takes along (see disks_to_copy).
+    auto_converge: (initial, increment) throttle percentages the model sized
+    from the dirty rate (_convergence.auto_converge_percents); None keeps
+    AUTO_CONVERGE_INITIAL_PERCENT and AUTO_CONVERGE_INCREMENT_PERCENT.
     """
     strategy = options.strategy
     if strategy == "auto":
@@ -389,8 +398,9 @@ def plan_migration(
         # Auto-converge throttles only a guest that dirties faster than half of what is sent,
         # so it is a safety net for a predicted pre-copy too.
         flags |= MIGRATE_AUTO_CONVERGE
-        params["auto_converge.initial"] = AUTO_CONVERGE_INITIAL_PERCENT
-        params["auto_converge.increment"] = AUTO_CONVERGE_INCREMENT_PERCENT
+        initial, increment = auto_converge or (AUTO_CONVERGE_INITIAL_PERCENT, AUTO_CONVERGE_INCREMENT_PERCENT)
+        params["auto_converge.initial"] = initial
+        params["auto_converge.increment"] = increment
         # XBZRLE costs source CPU on every resent page, worth it for a predicted hot layer only;
         # multifd (parallel connections) cannot use it.
         if options.compression is None and strategy == "layered" and options.parallel_connections <= 1:
@@ -443,6 +453,11 @@ class JobSample:
     disk_total_mib: float = 0.0
     disk_processed_mib: float = 0.0
     disk_remaining_mib: float = 0.0
+    xbzrle_pages: int = 0
+    xbzrle_bytes: int = 0
+    xbzrle_overflow_pages: int = 0
+    xbzrle_cache_misses: int = 0
+    page_size: int = 4096
 
 
 def _mib(value: t.Any) -> float:
@@ -468,6 +483,56 @@ def parse_job_stats(stats: t.Optional[t.Mapping[str, t.Any]], elapsed_s: float) 
         disk_total_mib=_mib(stats.get("disk_total")),
         disk_processed_mib=_mib(stats.get("disk_processed")),
         disk_remaining_mib=_mib(stats.get("disk_remaining")),
+        xbzrle_pages=int(stats.get("compression_pages") or 0),
+        xbzrle_bytes=int(stats.get("compression_bytes") or 0),
+        xbzrle_overflow_pages=int(stats.get("compression_overflow") or 0),
+        xbzrle_cache_misses=int(stats.get("compression_cache_misses") or 0),
+        page_size=int(page_size),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class XbzrleVerdict:
+    """Whether XBZRLE pays: saved_fraction of what its cache hits would have cost sent whole."""
+
+    paying: bool
+    saved_fraction: float
+    tried_pages: int
+    overflow_pages: int
+    cache_misses: int
+
+    @property
+    def detail(self) -> str:
+        return (
+            "XBZRLE %s: of %d cached pages it tried to encode, %d overflowed (changed too much) and the rest saved "
+            "%.0f%% of what they would have cost whole; %d pages missed the cache"
+            % ("pays" if self.paying else "does not pay", self.tried_pages, self.overflow_pages,
+               100.0 * self.saved_fraction, self.cache_misses)
+        )
+
+    def to_dict(self) -> t.Dict[str, t.Any]:
+        return {"paying": self.paying, "saved_percent": round(100.0 * self.saved_fraction, 1),
+                "tried_pages": self.tried_pages, "overflow_pages": self.overflow_pages,
+                "cache_misses": self.cache_misses}
+
+
+def judge_xbzrle(sample: JobSample) -> t.Optional[XbzrleVerdict]:
+    """The verdict on XBZRLE from one reading, None until it has tried XBZRLE_JUDGE_MIN_PAGES cached pages.
+
+    Counters are the job's totals: the verdict covers everything XBZRLE did so far.
+    """
+    tried = sample.xbzrle_pages + sample.xbzrle_overflow_pages
+    if tried < XBZRLE_JUDGE_MIN_PAGES:
+        return None
+    whole = tried * sample.page_size
+    saved = max(sample.xbzrle_pages * sample.page_size - sample.xbzrle_bytes, 0)
+    fraction = saved / whole
+    return XbzrleVerdict(
+        paying=fraction >= XBZRLE_PAYING_SAVED_FRACTION,
+        saved_fraction=fraction,
+        tried_pages=tried,
+        overflow_pages=sample.xbzrle_overflow_pages,
+        cache_misses=sample.xbzrle_cache_misses,
     )
 
 
@@ -565,6 +630,9 @@ class MigrationJob(t.Protocol):
     def set_max_speed(self, bandwidth_mibps: int) -> None:
         """Set the memory bandwidth cap of the running job."""
 
+    def set_compression_cache(self, cache_mib: int) -> None:
+        """Resize the XBZRLE cache of the running job (QEMU drops what it held)."""
+
     def abort(self) -> None:
         """Abort the running job; the domain stays on its source."""
 
@@ -576,7 +644,10 @@ class MonitorOutcome:
     completed: the migration call returned success. aborted_by: the guard
     that aborted it (timeout, transfer, stall) or None. error: libvirt's
     message. postcopy_started: the switch happened (the guest ran on the
-    destination before the end). hint: which option to change.
+    destination before the end). hint: which option to change. throttle:
+    how auto-converge slowed the guest ({max_percent, throttled_s}, None when
+    it never did). xbzrle: the verdict on XBZRLE (XbzrleVerdict.to_dict()
+    plus cache_shrunk_to_mib), None when it did not run or was not judged.
     """
 
     completed: bool
@@ -588,6 +659,8 @@ class MonitorOutcome:
     last_sample: t.Optional[JobSample]
     shaking: t.List[t.Dict[str, t.Any]]
     downtime_ms: int
+    throttle: t.Optional[t.Dict[str, t.Any]] = None
+    xbzrle: t.Optional[t.Dict[str, t.Any]] = None
 
 
 class Timeline:
@@ -731,6 +804,9 @@ class _Monitor:
         self.rules_seen: t.Set[str] = set()
         self.job_started = timeline.clock()
         self.disks_in_sync = False
+        self.throttle_max_percent: t.Optional[int] = None
+        self.throttled_s = 0.0
+        self.xbzrle: t.Optional[t.Dict[str, t.Any]] = None
 
     def job_s(self) -> float:
         """Seconds since the migration job started: what timeout_s bounds."""
@@ -749,7 +825,14 @@ class _Monitor:
         self.event("downtime", max_downtime_ms=self.downtime_ms, why=why)
 
     def on_sample(self, sample: JobSample) -> None:
-        self.last_sample = sample
+        previous, self.last_sample = self.last_sample, sample
+        if sample.throttle_percent:
+            # The guest ran slowed from the reading before this one (or from this one on).
+            self.throttle_max_percent = max(self.throttle_max_percent or 0, int(sample.throttle_percent))
+            if previous is not None and previous.throttle_percent:
+                self.throttled_s += sample.elapsed_s - previous.elapsed_s
+        if self.plan.xbzrle_cache_mib is not None and self.xbzrle is None:
+            self.judge_xbzrle(sample)
         if not self.downtime_applied:
             self.downtime_applied = True
             self.set_downtime("initial target")
@@ -812,6 +895,42 @@ class _Monitor:
             self.event("bandwidth", bandwidth_mibps=self.plan.memory_bandwidth_mibps,
                        why="the disks are in sync: memory gets the whole cap")
 
+    def judge_xbzrle(self, sample: JobSample) -> None:
+        verdict = judge_xbzrle(sample)
+        if verdict is None:
+            return
+        self.xbzrle = dict(verdict.to_dict(), cache_shrunk_to_mib=None)
+        cache_mib = self.plan.xbzrle_cache_mib or 0
+        if verdict.paying or cache_mib <= XBZRLE_CACHE_MIN_MIB:
+            self.event("layer", layer=3, action="xbzrle", paying=verdict.paying, detail=verdict.detail)
+            return
+        # XBZRLE cannot be turned off in a running job. Shrinking its cache gives the source host
+        # that memory back, and the pages it dropped cross whole, as they did anyway.
+        try:
+            self.job.set_compression_cache(XBZRLE_CACHE_MIN_MIB)
+        except Exception as exc:  # the job may be ending; the verdict stands
+            self.event("layer", layer=3, action="xbzrle", paying=False, detail=verdict.detail, error=str(exc))
+            return
+        self.xbzrle["cache_shrunk_to_mib"] = XBZRLE_CACHE_MIN_MIB
+        self.event("layer", layer=3, action="xbzrle", paying=False, detail=verdict.detail,
+                   why="cache shrunk from %d to %d MiB: the source host gets the rest back"
+                   % (cache_mib, XBZRLE_CACHE_MIN_MIB))
+
+    def throttle(self) -> t.Optional[t.Dict[str, t.Any]]:
+        if self.throttle_max_percent is None:
+            return None
+        return {"max_percent": self.throttle_max_percent, "throttled_s": round(self.throttled_s, 1)}
+
+    def timeout_hint(self) -> str:
+        """Every option that would change a timed-out pre-copy, compression included."""
+        options = ["raise timeout_s", "set allow_postcopy=true", "raise max_downtime_ms or bandwidth_mibps"]
+        if self.xbzrle is not None and not self.xbzrle["paying"]:
+            options.append("set compression: [] (XBZRLE saved %s%% here: the hot pages change too much)"
+                           % self.xbzrle["saved_percent"])
+        elif self.plan.xbzrle_cache_mib is None and self.plan.hot_layer != HOT_LAYER_POSTCOPY:
+            options.append("set compression: [xbzrle] if the hot pages change little between passes")
+        return ", ".join(options[:-1]) + ", or " + options[-1]
+
     def treat_hot_layer(self, rule: str) -> None:
         if self.plan.hot_layer == HOT_LAYER_POSTCOPY:
             self.switch_to_postcopy("shaking detected (%s)" % rule)
@@ -842,9 +961,7 @@ class _Monitor:
         now = self.now()
         options = self.options
         if self.job_s() >= options.timeout_s:
-            return "timeout", "the migration ran for %s s (timeout_s)" % options.timeout_s, (
-                "raise timeout_s, set allow_postcopy=true, or raise max_downtime_ms or bandwidth_mibps"
-            )
+            return "timeout", "the migration ran for %s s (timeout_s)" % options.timeout_s, self.timeout_hint()
         sample = self.last_sample
         if sample is not None and sample.total_mib > 0:
             limit = options.max_transfer_ratio * sample.total_mib
@@ -936,6 +1053,8 @@ def monitor(
         last_sample=state.last_sample,
         shaking=state.shaking,
         downtime_ms=state.downtime_ms,
+        throttle=state.throttle(),
+        xbzrle=state.xbzrle,
     )
 
 
@@ -952,12 +1071,16 @@ def _shown_params(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
 def summarize_stats(
     completed: t.Optional[t.Mapping[str, t.Any]],
     last: t.Optional[JobSample],
+    throttle: t.Optional[t.Mapping[str, t.Any]] = None,
+    xbzrle: t.Optional[t.Mapping[str, t.Any]] = None,
 ) -> t.Dict[str, t.Any]:
     """The figures of a finished job.
 
     libvirt's completed statistics where it kept them, the monitor's last
-    sample for the rest: after post-copy the destination keeps only times,
-    not memory figures. `sources` says which figure came from where.
+    sample for the rest. `sources` says which figure came from where.
+    throttle and xbzrle: the monitor's account of auto-converge and its
+    verdict on XBZRLE (MonitorOutcome), kept as `throttle` and
+    `compression.verdict`.
     """
     completed = completed or {}
     page_size = completed.get("memory_page_size") or 4096
@@ -1013,6 +1136,9 @@ def summarize_stats(
             "cache_misses": completed.get("compression_cache_misses"),
             "overflow_pages": completed.get("compression_overflow"),
         }
+    if xbzrle is not None:
+        stats["compression"] = dict(stats["compression"] or {}, verdict=dict(xbzrle))
+    stats["throttle"] = dict(throttle) if throttle is not None else None
     stats["sources"] = sources
     return stats
 

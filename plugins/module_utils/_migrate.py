@@ -34,7 +34,9 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
 )
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
     Prediction,
+    auto_converge_percents,
     choose_strategy,
+    predict_throttled,
     with_storage_copy,
 )
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
@@ -61,6 +63,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtError,
     StrataError,
+    connect_all,
     describe_libvirt_error,
     libvirt_error_code,
     find_domain,
@@ -187,6 +190,9 @@ class LibvirtMigrationJob:
     def set_max_speed(self, bandwidth_mibps: int) -> None:
         self.dom.migrateSetMaxSpeed(bandwidth_mibps, 0)
 
+    def set_compression_cache(self, cache_mib: int) -> None:
+        self.dom.migrateSetCompressionCache(cache_mib * MIB, 0)
+
     def abort(self) -> None:
         self.dom.abortJob()
 
@@ -264,31 +270,43 @@ def write_progress_file(path: str, record: t.Mapping[str, t.Any]) -> bool:
 # ---- prediction ------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Predicted:
+    """The model's view of the run: the prediction of what will run and its inputs (None without a
+    measured dirty rate), whether plain pre-copy converges (for the shaking detector's model rule),
+    and the auto-converge throttle (initial, increment) the model asks for (None: the defaults)."""
+
+    prediction: t.Optional[Prediction] = None
+    inputs: t.Optional[t.Dict[str, t.Any]] = None
+    precopy_converges: t.Optional[bool] = None
+    auto_converge: t.Optional[t.Tuple[int, int]] = None
+
+
 def _prediction_for(
     domain: DomainFacts,
     memory_mib: float,
     dirty_rate_mibps: t.Optional[float],
     options: EngineOptions,
-) -> t.Tuple[t.Optional[Prediction], t.Optional[t.Dict[str, t.Any]], t.Optional[bool]]:
-    """The model's prediction for the strategy that will run, its inputs, and whether plain pre-copy converges.
-
-    (None, None, None) without a measured dirty rate. The last value feeds the
-    shaking detector's model rule, which is about pre-copy whatever runs.
-    """
+) -> _Predicted:
+    """The model's prediction for the strategy that will run (see _Predicted)."""
     if dirty_rate_mibps is None:
-        return None, None, None
+        return _Predicted()
     inputs = prediction_inputs(domain.memory_max_mib, memory_mib, dirty_rate_mibps, options.bandwidth_mibps,
                                options.max_downtime_ms)
     chosen, candidates = choose_strategy(inputs, options.allow_postcopy)
-    if options.strategy != "auto":
-        # Layered without post-copy never switches: the model's layered course does not apply.
-        wanted = options.strategy
-        if wanted == "layered" and not options.allow_postcopy:
-            wanted = "precopy"
+    precopy = candidates[0]
+    auto_converge = None
+    if options.strategy in ("auto", "layered") and not options.allow_postcopy and not precopy.converges:
+        # The hot layer without post-copy is pre-copy under a throttle sized from the dirty rate.
+        auto_converge = auto_converge_percents(inputs)
+        if auto_converge is not None:
+            chosen = predict_throttled(inputs, *auto_converge)
+    elif options.strategy != "auto":
+        wanted = "precopy" if options.strategy == "layered" and not options.allow_postcopy else options.strategy
         chosen = next(c for c in candidates if c.strategy == wanted)
     described = inputs.to_dict()
     described["bandwidth_assumed"] = not options.bandwidth_mibps
-    return chosen, described, candidates[0].converges
+    return _Predicted(chosen, described, precopy.converges, auto_converge)
 
 
 def _storage_copy_mib(disks: t.Sequence[t.Any], copied: t.Sequence[str], field: str = "allocation_bytes") -> float:
@@ -318,6 +336,16 @@ def placement(conn: t.Any, name: str) -> t.Dict[str, t.Any]:
         "reason": reason,
         "persistent": bool(dom.isPersistent()),
     }
+
+
+def _stats_timestamp(dom: t.Any) -> t.Optional[int]:
+    """The timestamp of the guest's last balloon statistics report, None without one (or without the domain)."""
+    if dom is None:
+        return None
+    try:
+        return dom.memoryStats().get("last_update")
+    except LibvirtError:
+        return None
 
 
 def _active(where: t.Mapping[str, t.Any]) -> bool:
@@ -357,6 +385,7 @@ class _Run:
         self.timeline = Timeline(clock)
         self.event = self.timeline.add
         self.progress = ProgressReporter(name, progress_sink, self.timeline)
+        self.migration_client = source.another()
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
@@ -414,9 +443,21 @@ class _Run:
 
     def run(self, check_mode: bool) -> t.Dict[str, t.Any]:
         self.progress("preparing")
+        connect_all([self.source, self.destination])
+        # The job runs on a connection of its own (see migrate); it opens while the dirty rate is measured.
+        self.migration_client.connect_in_background()
+        try:
+            return self.run_connected(check_mode)
+        finally:
+            self.migration_client.close()
+
+    def run_connected(self, check_mode: bool) -> t.Dict[str, t.Any]:
         dom = find_domain(self.source.conn, self.name)
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
             return self.resume_broken_postcopy(dom, check_mode)
+        # The guest's balloon report before the dirty-rate measurement: the one it sends during it is new
+        # enough for compaction, which then waits for none.
+        seen_last_update = _stats_timestamp(dom)
         data, report = self.measure()
         if report.already_migrated:
             self.result["already_migrated"] = True
@@ -441,15 +482,14 @@ class _Run:
         memory_mib = float(estimate.memory_mib)
         if compact:
             changed, compacted = ensure_compacted(dom, params, check_mode=check_mode, sleep=self.sleep,
-                                                  clock=self.clock)
+                                                  clock=self.clock, seen_last_update=seen_last_update)
             self.result["compaction"] = compacted.to_dict()
             self.event("layer", layer=1, action="compaction", before_mib=compacted.before_mib,
                        after_mib=compacted.after_mib, settled=compacted.settled, changed=changed)
             # Balloon statistics lag the balloon's move; what the guest uses was measured before it.
             memory_mib = min(memory_mib, float(compacted.after_mib))
-        prediction, inputs, precopy_converges = _prediction_for(
-            domain, memory_mib, data.dirty_rate_mibps, self.options
-        )
+        predicted = _prediction_for(domain, memory_mib, data.dirty_rate_mibps, self.options)
+        prediction, inputs = predicted.prediction, predicted.inputs
         copied = disks_to_copy(data.disks, self.preflight_options)
         if prediction is not None and inputs is not None and copied:
             paced = _storage_copy_mib(data.disks, copied, "capacity_bytes") if self.options.bandwidth_mibps else None
@@ -457,7 +497,8 @@ class _Run:
                                            paced)
         self.result["prediction"] = _prediction_dict(prediction, inputs)
         hot_set_mib = data.dirty_rate_mibps * 1.0 if data.dirty_rate_mibps is not None else None
-        plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib, copied)
+        plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib, copied,
+                              auto_converge=predicted.auto_converge)
         if copied:
             self.event("layer", layer="storage", action="plan", disks=copied, copy_storage=self.options.copy_storage,
                        disk_mib=round(_storage_copy_mib(data.disks, copied), 1))
@@ -465,7 +506,7 @@ class _Run:
         self.result["changed"] = True
         if check_mode:
             return self.result
-        self.migrate(dom, plan, precopy_converges, compact and self.result["compaction"] is not None,
+        self.migrate(dom, plan, predicted.precopy_converges, compact and self.result["compaction"] is not None,
                      [d for d in data.disks if d.target in copied])
         return self.result
 
@@ -479,7 +520,7 @@ class _Run:
         if check_mode:
             return self.result
         self.progress("postcopy")
-        with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
+        with self.migration_client as migration_connection:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             failed = MonitorOutcome(
                 completed=False, error="post-copy interrupted before this run", aborted_by=None, hint=None,
@@ -500,7 +541,9 @@ class _Run:
         copied_disks: t.Sequence[t.Any] = (),
     ) -> None:
         was_running = dom.state()[0] == DOMAIN_RUNNING
-        with LibvirtClient(self.source.uri, self.source.connect_timeout_s) as migration_connection:
+        # A connection of the job's own: the migration call holds it, while the monitor reads statistics
+        # on the source's.
+        with self.migration_client as migration_connection:
             migrating_dom = migration_connection.conn.lookupByName(self.name)
             job = LibvirtMigrationJob(migrating_dom, dom, self.peer_uri)
             try:
@@ -512,7 +555,7 @@ class _Run:
                 job.close()
         self.result["shaking"] = outcome.shaking
         if outcome.completed:
-            self.finish_success(completed_stats, outcome.last_sample, compacted)
+            self.finish_success(completed_stats, outcome, compacted)
             if copied_disks and self.options.persist and not self.options.keep_source_disks:
                 # The domain now runs and is defined on the destination only: the source's images are stale.
                 self.remove_images("source", self.source, copied_disks)
@@ -622,14 +665,19 @@ class _Run:
             return job.wait(ABORT_GRACE_S), why
         return True, ""
 
-    def finish_success(self, completed: t.Optional[t.Dict[str, t.Any]], last_sample: t.Any, compacted: bool) -> None:
+    def finish_success(
+        self, completed: t.Optional[t.Dict[str, t.Any]], outcome: t.Optional[MonitorOutcome], compacted: bool,
+    ) -> None:
         dest_dom = self.destination.conn.lookupByName(self.name)
         if not completed or "time_elapsed" not in completed:
             try:
                 completed = dest_dom.jobStats(JOB_STATS_COMPLETED)
             except LibvirtError:
                 completed = None
-        self.result["stats"] = summarize_stats(completed, last_sample)
+        if outcome is None:  # a resumed post-copy: this run watched no job of its own
+            self.result["stats"] = summarize_stats(completed, None)
+        else:
+            self.result["stats"] = summarize_stats(completed, outcome.last_sample, outcome.throttle, outcome.xbzrle)
         self.progress.report("verifying", completed_figures(self.result["stats"]))
         if compacted:
             params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
@@ -684,7 +732,7 @@ class _Run:
             self.result["restore"] = restored.to_dict()
             self.event("restore", host="source", before_mib=restored.before_mib, after_mib=restored.after_mib,
                        settled=restored.settled, changed=changed)
-        self.result["stats"] = summarize_stats(None, outcome.last_sample)
+        self.result["stats"] = summarize_stats(None, outcome.last_sample, outcome.throttle, outcome.xbzrle)
         self.result["aborted_by"] = outcome.aborted_by
         # Back where it started (memory given back too), unless post-copy already moved the guest's execution.
         self.result["changed"] = outcome.postcopy_started

@@ -158,7 +158,9 @@ options:
   compression:
     description:
       - Compression methods for the memory stream (V(xbzrle), V(mt), V(zlib), V(zstd); not all combinations are
-        valid in QEMU). Default lets the engine choose (XBZRLE for a predicted hot layer without post-copy); an
+        valid in QEMU). Default lets the engine choose (XBZRLE for a predicted hot layer without post-copy; once
+        the live statistics show it saving less than a quarter of what its pages would cost whole, as with pages
+        rewritten with fresh data, its cache shrinks to 16 MiB and C(verdict) in RV(stats.compression) says so); an
         empty list turns compression off.
     type: list
     elements: str
@@ -365,6 +367,9 @@ strategy:
 prediction:
   description:
     - The convergence model's prediction for the strategy that ran, with its inputs, to set beside RV(stats).
+    - Without post-copy, a guest that pre-copy alone cannot move is predicted as pre-copy under the auto-converge
+      throttle the engine sized from the dirty rate (C(strategy) V(layered), C(throttle_percents) the throttle in
+      each live round; QEMU throttles from the third round).
     - With a storage copy, C(disk_copy_mib) and C(disk_copy_s) are the disks' data and its copy time, counted in
       C(transferred_mib) and C(total_s).
     - Null when the dirty rate was not measured.
@@ -376,7 +381,8 @@ timeline:
     - What happened, in order, each entry with C(t_s) (seconds since the task started) and C(event).
     - "Events: V(layer) (C(layer) 0 measure, 1 compaction, 2 pre-copy start with flags and parameters, 3 post-copy
       switch), V(downtime) (a new target), V(iteration) (a pass began: C(iteration), C(remaining_mib),
-      C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(shaking) (C(rule),
+      C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(layer) with C(layer) 3
+      and C(action) V(xbzrle) (the verdict on XBZRLE: C(paying), C(detail)), V(shaking) (C(rule),
       C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(postcopy_recovery) (an attempt to resume a
       broken post-copy), V(resume) (a source left paused by the failure was resumed), V(restore), V(preflight)."
     - "A storage copy adds V(layer) events with C(layer) V(storage) (C(action) V(plan), then V(disks in sync)),
@@ -436,6 +442,10 @@ stats:
     auto_converge_throttle_percent:
       description: How much auto-converge slowed the guest's vCPUs at the end, or null.
       type: int
+    throttle:
+      description: How auto-converge slowed the guest over the job, from the monitor's readings, or null when it
+        never did. C(max_percent) is the highest throttle, C(throttled_s) how long the guest ran throttled.
+      type: dict
     disk_total_mib:
       description: Size of the disks the storage copy took along, or null without one.
       type: float
@@ -443,8 +453,11 @@ stats:
       description: What the storage copy sent, or null without one.
       type: float
     compression:
-      description: XBZRLE figures (C(cache_mib), C(compressed_mib), C(compressed_pages), C(cache_misses),
-        C(overflow_pages)), or null.
+      description:
+        - XBZRLE figures (C(cache_mib), C(compressed_mib), C(compressed_pages), C(cache_misses),
+          C(overflow_pages)) where libvirt kept them, or null.
+        - C(verdict) is the engine's judgement once XBZRLE had tried 2048 cached pages; C(paying), C(saved_percent),
+          C(tried_pages), C(overflow_pages), C(cache_misses), and C(cache_shrunk_to_mib) when it did not pay.
       type: dict
 compaction:
   description: The balloon compaction before the migration, as M(strata.migration.memory_compact) returns it; null

@@ -316,6 +316,11 @@ prediction:
       description: How long the guest runs on the destination while pages still arrive from the source
         (post-copy and layered), V(null) for pre-copy.
       type: float
+    throttle_percents:
+      description: For pre-copy under an auto-converge throttle (what M(strata.migration.live_migrate) predicts
+        for a shaking guest without post-copy), the throttle in each live round; empty here.
+      type: list
+      elements: int
     disk_copy_mib:
       description: Data of the disks a storage copy takes along (O(copy_storage)), in MiB, counted in
         RV(prediction.transferred_mib); V(0) without a storage copy.

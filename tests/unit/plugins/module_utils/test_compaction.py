@@ -513,6 +513,28 @@ def test_stale_statistics_wait_is_bounded_by_timeout():
     assert "within 5 s (statistics period 30 s)" in str(caught.value)
 
 
+def compact_after_seeing(dom, seen_last_update):
+    clock = FakeClock()
+    params = compaction_params(state="compacted")
+    return ensure_compacted(dom, params, sleep=clock.sleep, clock=clock, seen_last_update=seen_last_update)
+
+
+def test_a_report_newer_than_one_seen_before_needs_no_wait():
+    dom = FakeDomain()
+    dom.memoryStats = lambda: {"actual": 256 * MIB, "usable": 194 * MIB, "unused": 150 * MIB, "last_update": 43}
+    # This report never changes: without the earlier sight of 42 the wait for a new one would fail.
+    changed, result = compact_after_seeing(dom, 42)
+    assert changed and result.target_mib < 256
+
+
+def test_the_report_seen_before_is_still_stale():
+    dom = FakeDomain()
+    dom.memoryStats = lambda: {"actual": 256 * MIB, "usable": 194 * MIB, "unused": 150 * MIB, "last_update": 43}
+    with pytest.raises(BalloonStatsError) as caught:
+        compact_after_seeing(dom, 43)
+    assert "no new balloon statistics" in str(caught.value)
+
+
 def test_statistics_without_last_update_are_taken_as_they_are():
     dom = FakeDomain(last_update=False)
     changed, result = run(ensure_compacted, dom)

@@ -16,17 +16,22 @@ import math
 import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    AUTO_CONVERGE_MAX_PERCENT,
     DEVICE_STATE_MS,
     POSTCOPY_SWITCH_MS,
+    THROTTLE_MARGIN_PERCENT,
     ZERO_PAGE_WIRE_FRACTION,
     MigrationInputs,
     Prediction,
+    auto_converge_percents,
     choose_strategy,
     estimate_hot_set,
     estimate_memory_to_send,
     predict_layered,
     predict_postcopy,
     predict_precopy,
+    predict_throttled,
+    required_throttle_percent,
     with_storage_copy,
 )
 
@@ -509,3 +514,85 @@ def test_a_storage_copy_adds_its_bytes_and_time_before_memory():
     assert (capped.transferred_mib, capped.disk_copy_s) == (364.0, 8.0)
     with pytest.raises(ValueError, match="bandwidth_mibps must be greater than 0"):
         with_storage_copy(base, 10.0, 0.0)
+
+
+# ---- pre-copy under auto-converge (the hot layer without post-copy) ---------------------
+
+
+def incompressible(dirty_rate_mibps, memory_mib=200.0, bandwidth_mibps=60.0):
+    """The lab's 256 MiB guest with 200 MiB in use, a 60 MiB/s cap and the default 300 ms target."""
+    return MigrationInputs(memory_mib=memory_mib, dirty_rate_mibps=dirty_rate_mibps, bandwidth_mibps=bandwidth_mibps,
+                           max_downtime_ms=300, zero_page_mib=56.0)
+
+
+def test_required_throttle_is_zero_when_precopy_converges_alone():
+    assert required_throttle_percent(incompressible(5.0)) == 0
+    assert auto_converge_percents(incompressible(5.0)) is None
+
+
+def test_required_throttle_is_the_smallest_that_converges():
+    inputs = incompressible(62.0)
+    needed = required_throttle_percent(inputs)
+    # Rounds shorter than the 1 s window re-dirty D' * 1 s; that must fit 60 MiB/s * 0.3 s = 18 MiB.
+    assert needed == math.ceil(100 * (1 - 18.0 / 62.0))
+    slowed = MigrationInputs(memory_mib=200.0, dirty_rate_mibps=62.0 * (100 - needed) / 100.0, bandwidth_mibps=60.0,
+                             max_downtime_ms=300, zero_page_mib=56.0)
+    assert predict_precopy(slowed).converges
+    less = MigrationInputs(memory_mib=200.0, dirty_rate_mibps=62.0 * (100 - needed + 1) / 100.0,
+                           bandwidth_mibps=60.0, max_downtime_ms=300, zero_page_mib=56.0)
+    assert not predict_precopy(less).converges
+
+
+def test_auto_converge_for_a_slow_dirtier_starts_above_what_is_needed():
+    # 25 MiB/s, under half the link: rounds shrink, but each short one re-dirties 25 MiB, more than the 18 that fit.
+    inputs = incompressible(25.0)
+    needed = required_throttle_percent(inputs)
+    assert needed == 28  # 25 MiB/s * 72% = 18 MiB per short round
+    initial, increment = auto_converge_percents(inputs)
+    assert initial == needed + THROTTLE_MARGIN_PERCENT
+    assert initial + increment == AUTO_CONVERGE_MAX_PERCENT
+
+
+@pytest.mark.parametrize("dirty_rate_mibps", [30.0, 62.0, 146.0])
+def test_auto_converge_starts_at_the_maximum_from_half_the_link(dirty_rate_mibps):
+    inputs = incompressible(dirty_rate_mibps, memory_mib=225.0)
+    assert required_throttle_percent(inputs) < AUTO_CONVERGE_MAX_PERCENT - THROTTLE_MARGIN_PERCENT
+    assert auto_converge_percents(inputs) == (AUTO_CONVERGE_MAX_PERCENT, 1)
+
+
+def test_auto_converge_at_the_maximum_when_even_that_is_not_enough():
+    inputs = incompressible(5000.0, memory_mib=4000.0)
+    assert required_throttle_percent(inputs) is None
+    assert auto_converge_percents(inputs) == (AUTO_CONVERGE_MAX_PERCENT, 1)
+
+
+def test_predict_throttled_follows_qemus_two_pass_trigger():
+    inputs = incompressible(62.0)
+    prediction = predict_throttled(inputs, 81, 18)
+    # Passes 0 and 1 run unthrottled; QEMU throttles from the third pass.
+    assert prediction.throttle_percents[:3] == (0, 0, 81)
+    assert prediction.converges
+    assert prediction.strategy == "layered" and prediction.postcopy_s is None
+    assert prediction.stop_copy_mib <= inputs.threshold_mib
+    assert prediction.transferred_mib == approx(sum(prediction.round_mib) + prediction.stop_copy_mib
+                                                + 56.0 * ZERO_PAGE_WIRE_FRACTION)
+    assert prediction.reason.startswith("Pre-copy alone would not converge (the guest dirties 62 MiB/s")
+    assert "with auto-converge from 81% in 18% steps it converges after" in prediction.reason
+
+
+def test_predict_throttled_steps_up_every_second_pass_that_dirties_too_much():
+    # A throttle too weak at first: 62 MiB/s at 20% still dirties more than half of each pass.
+    prediction = predict_throttled(incompressible(62.0), 20, 20)
+    percents = prediction.throttle_percents
+    assert percents[:4] == (0, 0, 20, 20)
+    assert percents[4] == 40
+    assert prediction.converges
+    # Each step waits for two more passes, so a weak start costs rounds.
+    assert prediction.rounds > predict_throttled(incompressible(62.0), 81, 18).rounds
+
+
+def test_predict_throttled_that_cannot_converge_says_what_would():
+    prediction = predict_throttled(incompressible(5000.0, memory_mib=4000.0), 99, 1)
+    assert not prediction.converges
+    assert "allow_postcopy=true" in prediction.reason and "bandwidth_mibps" in prediction.reason
+    assert prediction.to_dict()["throttle_percents"] == list(prediction.throttle_percents)

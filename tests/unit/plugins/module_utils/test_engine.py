@@ -36,6 +36,9 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     POLL_S,
     POSTCOPY_GRACE_S,
     PROGRESS_INTERVAL_S,
+    XBZRLE_CACHE_MIN_MIB,
+    XBZRLE_JUDGE_MIN_PAGES,
+    XBZRLE_PAYING_SAVED_FRACTION,
     EngineOptions,
     IterationRecord,
     JobSample,
@@ -46,6 +49,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     completed_figures,
     downtime_steps,
     engine_options,
+    judge_xbzrle,
     monitor,
     parse_job_stats,
     plan_migration,
@@ -667,6 +671,9 @@ class ScriptedJob:
     def set_max_speed(self, bandwidth_mibps):
         self.calls.append(("set_max_speed", bandwidth_mibps))
 
+    def set_compression_cache(self, cache_mib):
+        self.calls.append(("set_compression_cache", cache_mib))
+
     def start_postcopy(self):
         self.calls.append(("start_postcopy",))
         if self.fail_postcopy:
@@ -1107,7 +1114,7 @@ def test_summarize_completed_statistics_only():
         "memory_normal_mib": 200.0, "zero_pages": 1000, "iterations": 9, "postcopy_requests": 0,
         "throughput_mibps": 60.0, "dirty_rate_mibps": 10.0, "auto_converge_throttle_percent": 80,
         "disk_total_mib": None, "disk_transferred_mib": None,
-        "compression": None, "sources": {key: "completed_job" for key in KEYS},
+        "compression": None, "throttle": None, "sources": {key: "completed_job" for key in KEYS},
     }
 
 
@@ -1124,7 +1131,7 @@ def test_summarize_last_sample_only(completed):
         "total_ms": 4900, "downtime_ms": None, "setup_ms": None, "transferred_mib": 300.0,
         "memory_total_mib": 512.0, "memory_normal_mib": None, "zero_pages": None, "iterations": 4,
         "postcopy_requests": 12, "throughput_mibps": 55.5, "dirty_rate_mibps": 33.3,
-        "auto_converge_throttle_percent": None, "compression": None,
+        "auto_converge_throttle_percent": None, "compression": None, "throttle": None,
         "disk_total_mib": None, "disk_transferred_mib": None,
         "sources": {key: "last_sample" for key in ["total_ms", "transferred_mib", "memory_total_mib", "iterations",
                                                    "postcopy_requests", "throughput_mibps", "dirty_rate_mibps"]},
@@ -1443,3 +1450,152 @@ def test_summary_counts_the_storage_copy():
     assert (stats["disk_total_mib"], stats["disk_transferred_mib"]) == (1024.0, 1030.0)
     without_copy = summarize_stats({"disk_total": 0, "disk_processed": 0}, None)
     assert (without_copy["disk_total_mib"], without_copy["disk_transferred_mib"]) == (None, None)
+
+
+# ---- the hot layer on incompressible pages: throttle sizing and the XBZRLE verdict --------------
+
+
+def xbzrle_stats(iteration, processed_mib, pages, overflow, encoded_bytes=0, misses=0, throttle=None):
+    extra = {"compression_pages": pages, "compression_overflow": overflow, "compression_bytes": encoded_bytes,
+             "compression_cache_misses": misses, "compression_cache": 128 * MIB}
+    if throttle is not None:
+        extra["auto_converge_throttle"] = throttle
+    return job_stats(iteration, processed_mib, **extra)
+
+
+def test_plan_takes_the_throttle_the_model_sized():
+    options = engine_options(bandwidth_mibps=60)
+    sized = plan_migration(options, None, 256, None, auto_converge=(99, 1))
+    assert sized.params["auto_converge.initial"] == 99 and sized.params["auto_converge.increment"] == 1
+    default = plan_migration(options, None, 256, None)
+    assert (default.params["auto_converge.initial"], default.params["auto_converge.increment"]) == (
+        AUTO_CONVERGE_INITIAL_PERCENT, AUTO_CONVERGE_INCREMENT_PERCENT)
+
+
+def test_judge_xbzrle_waits_for_enough_cached_pages():
+    sample = parse_job_stats(xbzrle_stats(3, 300.0, pages=1000, overflow=1000), 1.0)
+    assert judge_xbzrle(sample) is None
+    sample = parse_job_stats(xbzrle_stats(3, 300.0, pages=1000, overflow=1048), 1.0)
+    assert judge_xbzrle(sample) is not None
+
+
+def test_judge_xbzrle_pays_on_pages_that_change_little():
+    # One changed word per page: each page encodes to about 20 bytes.
+    sample = parse_job_stats(xbzrle_stats(4, 300.0, pages=30000, overflow=0, encoded_bytes=30000 * 20), 1.0)
+    verdict = judge_xbzrle(sample)
+    assert verdict.paying is True
+    assert verdict.saved_fraction > 0.99
+    assert "XBZRLE pays" in verdict.detail
+
+
+def test_judge_xbzrle_does_not_pay_on_fresh_pages():
+    # Fresh whole pages overflow the encoder; the few that encode save little.
+    sample = parse_job_stats(xbzrle_stats(4, 300.0, pages=200, overflow=30000, encoded_bytes=200 * 4000), 1.0)
+    verdict = judge_xbzrle(sample)
+    assert verdict.paying is False
+    assert verdict.overflow_pages == 30000 and verdict.tried_pages == 30200
+    assert verdict.to_dict()["saved_percent"] == 0.0
+    assert "30000 overflowed" in verdict.detail
+
+
+def test_judge_xbzrle_at_the_paying_line():
+    whole = XBZRLE_JUDGE_MIN_PAGES * PAGE
+    paying = int(XBZRLE_JUDGE_MIN_PAGES * PAGE - XBZRLE_PAYING_SAVED_FRACTION * whole)
+    sample = parse_job_stats(xbzrle_stats(3, 1.0, pages=XBZRLE_JUDGE_MIN_PAGES, overflow=0, encoded_bytes=paying), 1.0)
+    assert judge_xbzrle(sample).paying is True
+    sample = parse_job_stats(xbzrle_stats(3, 1.0, pages=XBZRLE_JUDGE_MIN_PAGES, overflow=0,
+                                          encoded_bytes=paying + 1), 1.0)
+    assert judge_xbzrle(sample).paying is False
+
+
+def test_monitor_shrinks_the_xbzrle_cache_once_it_does_not_pay():
+    clock, options, the_plan = setup("layered", memory_mib=1024)
+    assert the_plan.xbzrle_cache_mib == 64
+    script = [xbzrle_stats(2, 300.0, pages=0, overflow=0, misses=30000),
+              xbzrle_stats(3, 400.0, pages=100, overflow=5000),
+              xbzrle_stats(4, 500.0, pages=100, overflow=9000)]
+    job = ScriptedJob(clock, script, ends_at=4)
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    assert job.called("set_compression_cache") == [("set_compression_cache", XBZRLE_CACHE_MIN_MIB)]
+    xbzrle = [e for e in events(timeline, "layer") if e.get("action") == "xbzrle"]
+    assert len(xbzrle) == 1 and xbzrle[0]["paying"] is False
+    assert xbzrle[0]["why"] == "cache shrunk from 64 to 16 MiB: the source host gets the rest back"
+    assert outcome.xbzrle["paying"] is False and outcome.xbzrle["cache_shrunk_to_mib"] == XBZRLE_CACHE_MIN_MIB
+    assert outcome.completed is True
+
+
+def test_monitor_keeps_a_paying_xbzrle_cache():
+    clock, options, the_plan = setup("layered", memory_mib=1024)
+    job = ScriptedJob(clock, [xbzrle_stats(3, 400.0, pages=9000, overflow=10, encoded_bytes=9000 * 30)], ends_at=3)
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    assert job.called("set_compression_cache") == []
+    assert outcome.xbzrle["paying"] is True and outcome.xbzrle["cache_shrunk_to_mib"] is None
+    assert [e["paying"] for e in events(timeline, "layer") if e.get("action") == "xbzrle"] == [True]
+
+
+def test_monitor_xbzrle_verdict_stands_when_the_resize_fails():
+    clock, options, the_plan = setup("layered", memory_mib=1024)
+
+    class Refusing(ScriptedJob):
+        def set_compression_cache(self, cache_mib):
+            super().set_compression_cache(cache_mib)
+            raise RuntimeError("migration is finishing")
+
+    job = Refusing(clock, [xbzrle_stats(3, 400.0, pages=0, overflow=9000)], ends_at=3)
+    outcome, timeline = run_monitor(job, clock, the_plan, options)
+    event = [e for e in events(timeline, "layer") if e.get("action") == "xbzrle"][0]
+    assert event["error"] == "migration is finishing"
+    assert outcome.xbzrle["paying"] is False and outcome.xbzrle["cache_shrunk_to_mib"] is None
+    assert len(job.called("set_compression_cache")) == 1  # judged once, not retried every poll
+
+
+def test_monitor_without_xbzrle_never_judges_it():
+    clock, options, the_plan = setup("precopy")
+    job = ScriptedJob(clock, [xbzrle_stats(3, 400.0, pages=0, overflow=9000)], ends_at=3)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
+    assert outcome.xbzrle is None and job.called("set_compression_cache") == []
+
+
+def test_monitor_reports_how_long_the_guest_was_throttled():
+    clock, options, the_plan = setup("layered")
+    script = [job_stats(1, 10.0), job_stats(2, 20.0), job_stats(3, 30.0, auto_converge_throttle=60),
+              job_stats(3, 40.0, auto_converge_throttle=60), job_stats(4, 50.0, auto_converge_throttle=99),
+              job_stats(5, 60.0)]
+    job = ScriptedJob(clock, script, ends_at=7)
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
+    # Throttled from the third reading to the fifth: two polls of POLL_S.
+    assert outcome.throttle == {"max_percent": 99, "throttled_s": round(2 * POLL_S, 1)}
+
+
+def test_monitor_without_a_throttle_reports_none():
+    clock, options, the_plan = setup("precopy")
+    job = ScriptedJob(clock, [job_stats(1, 10.0), job_stats(2, 20.0)], ends_at=3)
+    assert run_monitor(job, clock, the_plan, options)[0].throttle is None
+
+
+def test_timeout_hint_names_compression_when_xbzrle_did_not_pay():
+    clock, options, the_plan = setup("layered", memory_mib=1024, timeout_s=2)
+    job = ScriptedJob(clock, lambda poll: xbzrle_stats(2 + poll, 100.0 + poll, pages=0, overflow=3000 + poll))
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
+    assert outcome.aborted_by == "timeout"
+    assert outcome.hint == ("raise timeout_s, set allow_postcopy=true, raise max_downtime_ms or bandwidth_mibps, "
+                            "or set compression: [] (XBZRLE saved 0.0% here: the hot pages change too much)")
+
+
+def test_timeout_hint_offers_xbzrle_when_it_did_not_run():
+    clock, options, the_plan = setup("precopy", timeout_s=2)
+    job = ScriptedJob(clock, rising())
+    outcome, _timeline = run_monitor(job, clock, the_plan, options)
+    assert outcome.hint.endswith("or set compression: [xbzrle] if the hot pages change little between passes")
+    assert "allow_postcopy=true" in outcome.hint and "raise timeout_s" in outcome.hint
+
+
+def test_summarize_keeps_the_throttle_and_the_xbzrle_verdict():
+    verdict = {"paying": False, "saved_percent": 2.0, "tried_pages": 4000, "overflow_pages": 3900,
+               "cache_misses": 100, "cache_shrunk_to_mib": 16}
+    completed = {"type": 3, "time_elapsed": 900, "compression_cache": 128 * MIB, "compression_overflow": 3900}
+    stats = summarize_stats(completed, None, {"max_percent": 99, "throttled_s": 3.2}, verdict)
+    assert stats["throttle"] == {"max_percent": 99, "throttled_s": 3.2}
+    assert stats["compression"]["verdict"] == verdict and stats["compression"]["cache_mib"] == 128.0
+    # A failed job keeps no completed statistics: the verdict still reaches the result.
+    assert summarize_stats(None, None, None, verdict)["compression"] == {"verdict": verdict}

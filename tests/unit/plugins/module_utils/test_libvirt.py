@@ -14,6 +14,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtConnectError,
     LibvirtUriError,
+    connect_all,
     describe_libvirt_error,
     libvirt_error_code,
     open_connection,
@@ -252,6 +253,59 @@ def test_client_context_manager_closes_and_tolerates_close_errors():
 def test_client_never_opened_closes_quietly():
     with LibvirtClient("qemu:///system", 3, opener=lambda uri: pytest.fail("must not connect")):
         pass
+
+
+def test_connect_all_opens_the_connections_at_once():
+    # Each open waits until both have started: opened one after the other, the first would time out.
+    both_started = threading.Barrier(2, timeout=5)
+
+    def opener(uri):
+        both_started.wait()
+        return FakeConn()
+
+    first, second = LibvirtClient("qemu:///a", 3, opener=opener), LibvirtClient("qemu:///b", 3, opener=opener)
+    connect_all([first, second])
+    assert first.connected and second.connected
+    first.close()
+    second.close()
+
+
+def test_connect_all_raises_the_first_clients_error_and_leaves_the_other_closable():
+    def opener(uri):
+        if uri.endswith("down"):
+            raise FakeLibvirtError("unable to connect to server", 38)
+        return conn
+
+    conn = FakeConn()
+    down, up = LibvirtClient("qemu:///down", 3, opener=opener), LibvirtClient("qemu:///up", 3, opener=opener)
+    with pytest.raises(LibvirtConnectError) as caught:
+        connect_all([down, up])
+    assert "qemu:///down" in str(caught.value)
+    up.close()
+    assert conn.closed == 1
+
+
+def test_a_background_connection_is_used_once_and_its_error_raised_on_first_use():
+    calls = []
+
+    def opener(uri):
+        calls.append(uri)
+        raise FakeLibvirtError("no route to host", 38)
+
+    client = LibvirtClient("qemu:///x", 3, opener=opener)
+    client.connect_in_background()
+    with pytest.raises(LibvirtConnectError):
+        client.conn  # pylint: disable=pointless-statement
+    assert calls == ["qemu:///x"]
+    client.close()
+
+
+def test_another_client_has_its_own_connection():
+    opened = []
+    client = LibvirtClient("qemu:///x", 3, opener=lambda uri: opened.append(FakeConn()) or opened[-1])
+    twin = client.another()
+    assert twin.uri == client.uri and twin.connect_timeout_s == 3
+    assert client.conn is not twin.conn and len(opened) == 2
 
 
 @pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason="needs the libvirt binding")

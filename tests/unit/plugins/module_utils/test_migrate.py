@@ -30,6 +30,7 @@ from ansible_collections.strata.migration.plugins.module_utils._migrate import (
     _active,
     _prediction_dict,
     _prediction_for,
+    _Predicted,
     _runs_on,
     placement,
 )
@@ -130,13 +131,14 @@ def test_placement_passes_other_libvirt_errors_on():
 
 
 def test_no_measurement_no_prediction():
-    assert _prediction_for(domain(), 512.0, None, engine_options()) == (None, None, None)
+    assert _prediction_for(domain(), 512.0, None, engine_options()) == _Predicted()
     assert _prediction_dict(None, None) is None
 
 
 def test_prediction_for_auto_is_the_models_choice_with_its_inputs():
     options = engine_options(bandwidth_mibps=100, max_downtime_ms=250, allow_postcopy=True)
-    prediction, inputs, _precopy_converges = _prediction_for(domain(memory_max_mib=512), 200.0, 5.0, options)
+    predicted = _prediction_for(domain(memory_max_mib=512), 200.0, 5.0, options)
+    prediction, inputs = predicted.prediction, predicted.inputs
     expected_inputs = MigrationInputs(memory_mib=200.0, dirty_rate_mibps=5.0, bandwidth_mibps=100,
                                       max_downtime_ms=250, zero_page_mib=312.0)
     assert prediction == choose_strategy(expected_inputs, True)[0]
@@ -145,7 +147,8 @@ def test_prediction_for_auto_is_the_models_choice_with_its_inputs():
 
 
 def test_prediction_assumes_a_bandwidth_when_unlimited():
-    prediction, inputs, _precopy_converges = _prediction_for(domain(), 512.0, 5.0, engine_options(bandwidth_mibps=0))
+    predicted = _prediction_for(domain(), 512.0, 5.0, engine_options(bandwidth_mibps=0))
+    prediction, inputs = predicted.prediction, predicted.inputs
     assert inputs["bandwidth_mibps"] == DEFAULT_PREDICTION_BANDWIDTH_MIBPS
     assert inputs["bandwidth_assumed"] is True
     assert prediction is not None
@@ -153,7 +156,7 @@ def test_prediction_assumes_a_bandwidth_when_unlimited():
 
 def test_prediction_zero_pages_never_negative():
     # The estimate can exceed the configured maximum (QEMU's own overhead).
-    _prediction, inputs, _precopy_converges = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options())
+    inputs = _prediction_for(domain(memory_max_mib=512), 600.0, 5.0, engine_options()).inputs
     assert inputs["zero_page_mib"] == 0
 
 
@@ -163,23 +166,29 @@ SHAKING = dict(bandwidth_mibps=60, max_downtime_ms=300)   # 200 MiB/s dirtied ag
 @pytest.mark.parametrize("allow_postcopy", [False, True])
 def test_prediction_for_auto_when_precopy_does_not_converge(allow_postcopy):
     options = engine_options(allow_postcopy=allow_postcopy, **SHAKING)
-    prediction, _inputs, precopy_converges = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    predicted = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    prediction = predicted.prediction
     # The shaking detector learns about pre-copy even when a post-copy strategy (which converges) was chosen.
-    assert precopy_converges is False
+    assert predicted.precopy_converges is False
     if allow_postcopy:
         assert prediction.strategy in ("postcopy", "layered")
         assert prediction.converges is True
+        assert predicted.auto_converge is None
     else:
-        assert prediction.strategy == "precopy"
-        assert prediction.converges is False
-        assert "allow_postcopy=true" in prediction.reason
+        # What runs is pre-copy under a throttle sized from the dirty rate, and that is what is predicted.
+        assert predicted.auto_converge == (99, 1)
+        assert prediction.strategy == "layered"
+        assert prediction.postcopy_s is None
+        assert prediction.throttle_percents[:2] == (0, 0) and prediction.throttle_percents[2] == 99
+        assert prediction.reason.startswith("Pre-copy alone would not converge")
+        assert "auto-converge from 99%" in prediction.reason
 
 
 @pytest.mark.parametrize("strategy, allow_postcopy", [("precopy", False), ("precopy", True),
                                                       ("postcopy", True), ("layered", True)])
 def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_postcopy):
     options = engine_options(strategy=strategy, allow_postcopy=allow_postcopy, **SHAKING)
-    prediction, inputs, _precopy_converges = _prediction_for(domain(256, 256), 256.0, 200.0, options)
+    prediction = _prediction_for(domain(256, 256), 256.0, 200.0, options).prediction
     assert prediction.strategy == strategy
     expected = MigrationInputs(memory_mib=256.0, dirty_rate_mibps=200.0, bandwidth_mibps=60, max_downtime_ms=300)
     candidates = choose_strategy(expected, allow_postcopy)[1]
@@ -187,16 +196,17 @@ def test_prediction_for_an_explicit_strategy_is_that_strategys(strategy, allow_p
 
 
 def test_explicit_layered_without_postcopy_predicts_like_auto():
-    auto, _auto_inputs, _auto_precopy = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
-    layered, _layered_inputs, _layered_precopy = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
-    # Both run the same plan: pre-copy with the throttle set.
-    assert plan_migration(engine_options(**SHAKING), auto, 256, 200.0).strategy == "layered"
-    assert layered.converges is auto.converges is False
-    assert layered.postcopy_s is None
+    auto = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(**SHAKING))
+    layered = _prediction_for(domain(256, 256), 256.0, 200.0, engine_options(strategy="layered", **SHAKING))
+    # Both run the same plan: pre-copy with the throttle set, sized alike.
+    assert plan_migration(engine_options(**SHAKING), auto.prediction, 256, 200.0).strategy == "layered"
+    assert layered == auto
+    assert layered.prediction.postcopy_s is None
 
 
 def test_prediction_dict_carries_the_inputs():
-    prediction, inputs, _precopy_converges = _prediction_for(domain(), 512.0, 5.0, engine_options())
+    predicted = _prediction_for(domain(), 512.0, 5.0, engine_options())
+    prediction, inputs = predicted.prediction, predicted.inputs
     described = _prediction_dict(prediction, inputs)
     assert described == dict(prediction.to_dict(), inputs=inputs)
     assert described["strategy"] == prediction.strategy
@@ -433,8 +443,26 @@ class FakeBrokenPostcopyDomain(FakeMigratingDomain):
 
 
 class FakeClient:
+    """A LibvirtClient already connected to `conn`."""
+
     def __init__(self, uri, conn=None):
         self.uri, self.conn, self.connect_timeout_s = uri, conn, 5
+        self.closed = False
+
+    def another(self):
+        return FakeClient(self.uri, self.conn)
+
+    def connect_in_background(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def recovery_run(recovery_timeout_s=60, stall_timeout_s=30):
