@@ -395,6 +395,19 @@ def _simulate_precopy(inputs: MigrationInputs) -> _Precopy:
     )
 
 
+def _slowed(inputs: MigrationInputs, throttle_percent: int) -> MigrationInputs:
+    """The inputs of a guest whose vCPUs are throttled: its dirty rate falls in proportion."""
+    return dataclasses.replace(inputs, dirty_rate_mibps=inputs.dirty_rate_mibps * (100 - throttle_percent) / 100.0)
+
+
+def _stop_and_totals(inputs: MigrationInputs, course: _Precopy) -> t.Tuple[float, float, float]:
+    """(downtime_ms, transferred_mib, total_s) of a pre-copy course: the paused copy of what is left, all sent."""
+    downtime_ms = DEVICE_STATE_MS + course.remaining_mib / inputs.stop_copy_mibps * 1000.0
+    transferred = sum(course.round_mib) + course.remaining_mib + _zero_wire_mib(inputs)
+    total_s = inputs.setup_s + sum(course.round_s) + downtime_ms / 1000.0
+    return downtime_ms, transferred, total_s
+
+
 def _simulate_throttled(inputs: MigrationInputs, initial_percent: int, increment_percent: int) -> t.Tuple[_Precopy, t.List[int]]:
     """Pre-copy under auto-converge: the course and the throttle (%) in force during each live round.
 
@@ -420,8 +433,7 @@ def _simulate_throttled(inputs: MigrationInputs, initial_percent: int, increment
         round_s.append(seconds)
         percents.append(percent)
         sent = remaining
-        slowed = dataclasses.replace(inputs, dirty_rate_mibps=inputs.dirty_rate_mibps * (100 - percent) / 100.0)
-        remaining = slowed.dirtied_mib(seconds)
+        remaining = _slowed(inputs, percent).dirtied_mib(seconds)
         smallest = min(smallest, remaining)
     course = _Precopy(round_mib=round_mib, round_s=round_s, remaining_mib=remaining,
                       converges=remaining <= inputs.threshold_mib + _EPSILON, smallest_remaining_mib=smallest)
@@ -433,8 +445,7 @@ def required_throttle_percent(inputs: MigrationInputs) -> t.Optional[int]:
     None when even AUTO_CONVERGE_MAX_PERCENT is not enough (the guest dirties more than the link
     sends even at 1% of its CPU)."""
     for percent in range(0, AUTO_CONVERGE_MAX_PERCENT + 1):
-        slowed = dataclasses.replace(inputs, dirty_rate_mibps=inputs.dirty_rate_mibps * (100 - percent) / 100.0)
-        if _simulate_precopy(slowed).converges:
+        if _simulate_precopy(_slowed(inputs, percent)).converges:
             return percent
     return None
 
@@ -453,10 +464,12 @@ def auto_converge_percents(inputs: MigrationInputs) -> t.Optional[t.Tuple[int, i
     the least CPU from the guest in all. Slower dirtiers, which QEMU does not throttle unless the
     dirty rate grows, get what the model needs plus a margin.
     """
-    needed = required_throttle_percent(inputs)
-    if needed == 0:
+    if _simulate_precopy(inputs).converges:
         return None
-    if needed is None or inputs.dirty_rate_mibps >= AUTO_CONVERGE_TRIGGER_FRACTION * inputs.bandwidth_mibps:
+    needed = None
+    if inputs.dirty_rate_mibps < AUTO_CONVERGE_TRIGGER_FRACTION * inputs.bandwidth_mibps:
+        needed = required_throttle_percent(inputs)
+    if needed is None:
         initial = AUTO_CONVERGE_MAX_PERCENT
     else:
         initial = min(max(needed + THROTTLE_MARGIN_PERCENT, THROTTLE_MIN_PERCENT), AUTO_CONVERGE_MAX_PERCENT)
@@ -471,16 +484,14 @@ def predict_throttled(inputs: MigrationInputs, initial_percent: int, increment_p
     """
     unthrottled = _simulate_precopy(inputs)
     course, percents = _simulate_throttled(inputs, initial_percent, increment_percent)
-    live_s = sum(course.round_s)
-    downtime_ms = DEVICE_STATE_MS + course.remaining_mib / inputs.stop_copy_mibps * 1000.0
-    transferred = sum(course.round_mib) + course.remaining_mib + _zero_wire_mib(inputs)
-    total_s = inputs.setup_s + live_s + downtime_ms / 1000.0
+    downtime_ms, transferred, total_s = _stop_and_totals(inputs, course)
     rounds = len(course.round_mib)
     throttled_s = sum(s for s, p in zip(course.round_s, percents) if p)
     highest = max(percents)
-    lead = "Pre-copy alone would not converge (%s)" % _why_not(inputs, unthrottled)
     if unthrottled.converges:
         lead = "Pre-copy converges without a throttle, which stays as a safety net"
+    else:
+        lead = "Pre-copy alone would not converge (%s)" % _why_not(inputs, unthrottled)
     if course.converges:
         body = (
             "with auto-converge from %d%% in %d%% steps it converges after %d rounds: %s MiB in %s s, the guest "
@@ -569,10 +580,7 @@ def predict_precopy(inputs: MigrationInputs) -> Prediction:
     after max_rounds: its bytes, its time and the pause the rest would need.
     """
     course = _simulate_precopy(inputs)
-    live_s = sum(course.round_s)
-    downtime_ms = DEVICE_STATE_MS + course.remaining_mib / inputs.stop_copy_mibps * 1000.0
-    transferred = sum(course.round_mib) + course.remaining_mib + _zero_wire_mib(inputs)
-    total_s = inputs.setup_s + live_s + downtime_ms / 1000.0
+    downtime_ms, transferred, total_s = _stop_and_totals(inputs, course)
     rounds = len(course.round_mib)
     required_bandwidth = required_downtime = None
     if course.converges:
