@@ -434,7 +434,7 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
         "",
         "Job = libvirt's migration job (completed job's time_elapsed, or the time until the abort); wall = the "
         "whole call, for the engine including measurement, compaction and restore. Where libvirt kept no "
-        "completed job statistics (after a post-copy switch), job is the engine's timeline from the job's start "
+        "completed job statistics, job is the engine's timeline from the job's start "
         "until the migration call returned (libvirt's finish phase included), MiB sent is the engine's last "
         "sample before the end, and there is no downtime figure. Floor = used memory / bandwidth: the shortest "
         "job that sends the guest's used memory once.",

@@ -262,7 +262,10 @@ class MigrationPlan:
     happens once shaking is detected: postcopy (switch), the throttle set
     (XBZRLE, auto-converge and the downtime ramp), or none (pre-copy alone:
     the guards decide). switch_after_first_pass: post-copy strategy, switch
-    once the first pass is done whatever the rounds show. copied_disks: the
+    once the first pass is done whatever the rounds show. switch_after_mib:
+    layered with post-copy, switch once this much memory has crossed (the
+    model's cold layer; 0: as soon as the job runs), so each hot page crosses
+    once; None leaves the switch to the shaking detector. copied_disks: the
     disk targets the storage copy takes along, before memory. memory_bandwidth_mibps:
     the cap to restore for memory once the disks are in sync, when the copy of
     several disks started with the cap shared among them.
@@ -276,6 +279,7 @@ class MigrationPlan:
     downtime_steps_ms: t.Tuple[int, ...]
     xbzrle_cache_mib: t.Optional[int]
     switch_after_first_pass: bool
+    switch_after_mib: t.Optional[float] = None
     copied_disks: t.Tuple[str, ...] = ()
     memory_bandwidth_mibps: t.Optional[int] = None
 
@@ -293,6 +297,7 @@ class MigrationPlan:
             "downtime_steps_ms": list(self.downtime_steps_ms),
             "xbzrle_cache_mib": self.xbzrle_cache_mib,
             "switch_after_first_pass": self.switch_after_first_pass,
+            "switch_after_mib": None if self.switch_after_mib is None else round(self.switch_after_mib, 1),
             "copied_disks": list(self.copied_disks),
         }
 
@@ -405,6 +410,11 @@ def plan_migration(
         # multifd (parallel connections) cannot use it.
         if options.compression is None and strategy == "layered" and options.parallel_connections <= 1:
             compression = ["xbzrle"]
+    switch_after_mib = None
+    if hot_layer == HOT_LAYER_POSTCOPY and strategy == "layered" and prediction is not None \
+            and prediction.strategy == "layered":
+        # The model's layered course: its one pre-copy round is the cold layer, then the switch.
+        switch_after_mib = prediction.round_mib[0] if prediction.round_mib else 0.0
     # A predicted pre-copy keeps the full downtime target from the start; the ramp is for the hot layer.
     ramp = hot_layer == HOT_LAYER_THROTTLE and strategy == "layered"
     if compression:
@@ -422,6 +432,7 @@ def plan_migration(
         downtime_steps_ms=downtime_steps(options.max_downtime_ms, ramp),
         xbzrle_cache_mib=xbzrle_cache,
         switch_after_first_pass=strategy == "postcopy",
+        switch_after_mib=switch_after_mib,
         copied_disks=tuple(copied_disks),
         memory_bandwidth_mibps=memory_bandwidth,
     )
@@ -795,6 +806,7 @@ class _Monitor:
         self.step = 0
         self.iteration = 0
         self.postcopy_started = False
+        self.layered_switch_tried = False
         self.last_sample: t.Optional[JobSample] = None
         self.progress_mib = 0.0
         self.progress_at = 0.0
@@ -845,6 +857,17 @@ class _Monitor:
             sample.disk_remaining_mib <= 0 or sample.processed_mib > 0
         ):
             self.on_disks_in_sync(sample)
+        if self.plan.switch_after_mib is not None and not self.layered_switch_tried \
+                and sample.iteration >= 1 and sample.processed_mib >= self.plan.switch_after_mib \
+                and (self.disks_in_sync or not self.plan.copied_disks):
+            # QEMU refuses the switch until its first pass runs (iteration 1). Tried once: should it
+            # fail, the shaking detector still switches at the end of the pass.
+            self.layered_switch_tried = True
+            if self.plan.switch_after_mib > 0:
+                self.switch_to_postcopy("layered: the %s MiB cold layer has crossed"
+                                        % round(self.plan.switch_after_mib, 1))
+            else:
+                self.switch_to_postcopy("layered: no cold layer, the hot layer goes by post-copy from the start")
         if sample.iteration <= self.iteration:
             return
         self.iteration = sample.iteration

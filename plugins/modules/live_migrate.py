@@ -24,11 +24,14 @@ description:
   - "Layer 3, the hot layer: pages rewritten again and again ('shaking') are detected from the live job
     statistics: what is left stops shrinking over O(shaking_iterations) passes, the guest dirties as fast as QEMU
     sends in two passes, or the model predicted no convergence once the first pass is done. With
-    O(allow_postcopy=true) the job then switches to post-copy, so each hot page crosses once. Without it, what was
-    enabled at the start for hot pages does the work (XBZRLE delta compression with a cache of twice the measured
-    hot set for a predicted hot layer, auto-converge throttling starting at 60% in 20% steps) and the downtime
-    target, which starts at a quarter of O(max_downtime_ms) for a predicted hot layer, rises one step per pass (half,
-    three quarters, all of it)."
+    O(allow_postcopy=true) the job then switches to post-copy, so each hot page crosses once; when the model
+    predicted a layered course it switches as soon as the predicted cold layer has crossed (at once when all of the
+    guest is hot) rather than waiting for the first pass to end. Without post-copy, what was enabled at the start
+    for hot pages does the work (auto-converge throttling sized from the dirty rate: 99% at once for a guest
+    dirtying half the link or more; XBZRLE delta compression with a cache of twice the measured hot set for a
+    predicted hot layer, its cache shrunk to 16 MiB when the live statistics show it saves less than a quarter) and
+    the downtime target, which starts at a quarter of O(max_downtime_ms) for a predicted hot layer, rises one step
+    per pass (half, three quarters, all of it)."
   - "Guards: more than O(max_transfer_ratio) times the guest's memory sent, O(timeout_s) reached, or nothing sent
     for O(stall_timeout_s) aborts the job; the domain keeps running on its source, and the failure says why and
     which option to change. After post-copy started nothing can abort the job (the guest already runs on the
@@ -360,6 +363,13 @@ strategy:
     switch_after_first_pass:
       description: Whether post-copy starts once the first pass is done whatever the statistics show.
       type: bool
+    switch_after_mib:
+      description:
+        - With post-copy allowed and a predicted V(layered) course, post-copy starts once this much memory has crossed
+          (the model's cold layer), or at the end of the first pass if that comes first, so each hot page crosses
+          once. V(0) switches as soon as the first pass runs.
+        - Null when the shaking detector decides the switch.
+      type: float
     copied_disks:
       description: Targets of the disks the storage copy takes along (O(copy_storage)); empty without one.
       type: list
@@ -399,7 +409,8 @@ shaking:
 stats:
   description:
     - Figures of the finished job, from libvirt's completed job statistics where it kept them, else from the
-      monitor's last reading (after post-copy libvirt keeps only times). A figure neither has is null.
+      monitor's last reading. libvirt 9.0 with QEMU 7.2 kept every figure (downtime and bytes included) in every
+      post-copy run measured; C(sources) says where each came from. A figure neither has is null.
   returned: when a migration ran
   type: dict
   contains:

@@ -11,6 +11,7 @@ and every layer can be reached without libvirt and without real time.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -417,6 +418,7 @@ def test_plan_to_dict_names_flags_and_params():
         "downtime_steps_ms": [75, 150, 225, 300],
         "xbzrle_cache_mib": 128,
         "switch_after_first_pass": False,
+        "switch_after_mib": None,
         "copied_disks": [],
     }
     assert described["params"]["bandwidth"] == 50
@@ -633,6 +635,7 @@ class ScriptedJob:
         self.calls = []
         self.waits = []
         self.polls = 0
+        self.postcopy_asked_at_polls = []
         self.aborted = False
         self.ended = False
         self._error = None
@@ -676,6 +679,7 @@ class ScriptedJob:
 
     def start_postcopy(self):
         self.calls.append(("start_postcopy",))
+        self.postcopy_asked_at_polls.append(self.polls)
         if self.fail_postcopy:
             raise self.fail_postcopy.pop(0)
 
@@ -907,6 +911,71 @@ def test_strategy_postcopy_switches_once_the_first_pass_is_done():
     first_pass_2 = [e for e in events(timeline, "iteration") if e["iteration"] == 2][0]
     assert timeline.index(switch) == timeline.index(first_pass_2) + 1
     assert outcome.shaking == []
+
+
+LAYERED_WITH_COLD = dataclasses.replace(PREDICTED_LAYERED, rounds=1, round_mib=(40.0,))
+LAYERED_ALL_HOT = dataclasses.replace(PREDICTED_LAYERED, rounds=0, round_mib=())
+
+
+@pytest.mark.parametrize("pred, expected_mib", [(LAYERED_WITH_COLD, 40.0), (LAYERED_ALL_HOT, 0.0)])
+def test_a_predicted_layered_course_switches_once_its_cold_layer_crossed(pred, expected_mib):
+    with_postcopy = plan(pred, strategy="auto", allow_postcopy=True)
+    assert with_postcopy.switch_after_mib == expected_mib
+    assert with_postcopy.to_dict()["switch_after_mib"] == expected_mib
+    # Without post-copy, or with another prediction, the shaking detector decides.
+    assert plan(pred, strategy="auto", allow_postcopy=False).switch_after_mib is None
+    for other in (None, CONVERGING, NOT_CONVERGING, PREDICTED_POSTCOPY):
+        assert plan(other, strategy="auto", allow_postcopy=True).switch_after_mib is None
+
+
+def test_layered_switches_when_the_cold_layer_has_crossed_not_at_the_end_of_the_pass():
+    options = engine_options(allow_postcopy=True)
+    clock, the_plan = FakeClock(), plan_migration(options, LAYERED_WITH_COLD, 256, 200.0)
+    # Poll 1: libvirt's job before QEMU's pass; then 15 MiB a poll, all in pass 1.
+    job = ScriptedJob(clock, lambda poll: job_stats(min(poll - 1, 1), (poll - 1) * 15.0), ends_at=12)
+    outcome, timeline = run_monitor(job, clock, the_plan, options, predicted=False)
+    assert outcome.completed is True and outcome.postcopy_started is True
+    assert job.called("start_postcopy") == [("start_postcopy",)]
+    switch = [e for e in events(timeline, "layer") if e["layer"] == 3][0]
+    assert switch["why"] == "layered: the 40.0 MiB cold layer has crossed"
+    # 45 MiB at poll 4 is the first reading at or past 40 MiB; pass 2 never began.
+    assert job.postcopy_asked_at_polls == [4]
+    assert outcome.shaking == []
+
+
+def test_layered_without_a_cold_layer_switches_once_the_first_pass_runs():
+    options = engine_options(allow_postcopy=True)
+    clock, the_plan = FakeClock(), plan_migration(options, LAYERED_ALL_HOT, 256, 256.0)
+    script = [job_stats(0, 0.0), job_stats(0, 0.0), job_stats(1, 6.0), job_stats(1, 20.0)]
+    job = ScriptedJob(clock, script, ends_at=6)
+    outcome, timeline = run_monitor(job, clock, the_plan, options, predicted=False)
+    assert outcome.postcopy_started is True
+    # QEMU refuses the switch before its first pass: none is asked at iteration 0 (polls 1 and 2).
+    assert job.postcopy_asked_at_polls == [3]
+    switch = [e for e in events(timeline, "layer") if e["layer"] == 3][0]
+    assert "no cold layer" in switch["why"]
+
+
+def test_a_refused_layered_switch_is_tried_once_then_left_to_the_shaking_detector():
+    options = engine_options(allow_postcopy=True)
+    clock, the_plan = FakeClock(), plan_migration(options, LAYERED_ALL_HOT, 256, 256.0)
+    job = ScriptedJob(clock, rising(iteration_every=3), ends_at=12, fail_postcopy=[RuntimeError("too early")])
+    outcome, timeline = run_monitor(job, clock, the_plan, options, predicted=False)
+    switches = [e for e in events(timeline, "layer") if e["layer"] == 3]
+    assert switches[0]["error"] == "too early" and "no cold layer" in switches[0]["why"]
+    assert "error" not in switches[1] and switches[1]["why"] == "shaking detected (model)"
+    assert len(job.called("start_postcopy")) == 2
+    assert outcome.postcopy_started is True
+
+
+def test_layered_switch_waits_for_the_disks_to_be_in_sync():
+    options = engine_options(allow_postcopy=True, copy_storage="all")
+    clock, the_plan = FakeClock(), plan_migration(options, LAYERED_ALL_HOT, 256, 256.0, ["vda"])
+    job = ScriptedJob(clock, disk_phase(100.0, 10.0), ends_at=20)
+    outcome, timeline = run_monitor(job, clock, the_plan, options, predicted=False)
+    assert outcome.postcopy_started is True
+    # The disks are in sync at poll 10, memory's first pass runs from poll 11.
+    assert job.postcopy_asked_at_polls == [11]
 
 
 def test_shaking_switches_to_postcopy_when_allowed():
