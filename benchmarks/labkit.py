@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 import typing as t
+from pathlib import Path
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TOOL = os.path.join(REPO_ROOT, "lab", "strata-lab")
@@ -129,3 +132,94 @@ def environment_sentence(env: t.Mapping[str, t.Any]) -> str:
         "time (%s), load average %s at the start, loopback network. Times vary with that load; bytes sent vary "
         "less." % (env["libvirt"], env["qemu"], env["cpus"], others, " ".join(str(v) for v in env["load_average"]))
     )
+
+
+def seconds(value_ms: t.Optional[float]) -> str:
+    """A table cell in seconds from milliseconds, or "-"."""
+    return "-" if value_ms is None else "%.2f" % (value_ms / 1000.0)
+
+
+# ---- the migration benchmarks' command line and report --------------------------------------
+
+
+def migration_parser(description: str, default_runs: int, default_bound_s: float, quick_bound_s: float,
+                     quick_help: str, results: Path) -> argparse.ArgumentParser:
+    """The options every migration benchmark takes: repetitions, bound, hosts, cap, downtime, output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=default_runs, help="repetitions (default %d)" % default_runs)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: %s, bound %g s, results under results/tmp/" % (quick_help, quick_bound_s))
+    parser.add_argument("--bound-s", type=float, default=None,
+                        help="time bound of every migration (default %g s, %g s with --quick)"
+                        % (default_bound_s, quick_bound_s))
+    parser.add_argument("--src", default="hv1")
+    parser.add_argument("--dst", default="hv2")
+    parser.add_argument("--bandwidth-mibps", type=int, default=60)
+    parser.add_argument("--max-downtime-ms", type=int, default=300)
+    parser.add_argument("--out-dir", type=Path, default=results)
+    parser.set_defaults(default_bound_s=default_bound_s, quick_bound_s=quick_bound_s, results=results)
+    return parser
+
+
+def settle_migration_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Fill the --quick defaults in args, check the numbers; return the number of repetitions."""
+    runs = 1 if args.quick else args.runs
+    if args.bound_s is None:
+        args.bound_s = args.quick_bound_s if args.quick else args.default_bound_s
+    if args.quick and args.out_dir == args.results:
+        args.out_dir = args.results / "tmp"  # a smoke run never replaces the committed results
+    if runs < 1 or args.bound_s < 1 or args.bandwidth_mibps < 1:
+        parser.error("--runs, --bound-s and --bandwidth-mibps must be at least 1")
+    return runs
+
+
+def command_line(script: str, argv: t.Optional[t.Sequence[str]]) -> str:
+    """How the results were made, as one would type it from the repository root."""
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/" + script]
+                    + list(sys.argv[1:] if argv is None else argv))
+
+
+def migration_intro(script: str, env: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]) -> str:
+    """The results' first sentence: when, which hosts, and the limits every method shared."""
+    return (
+        "`benchmarks/%s`, %s. %s -> %s, bandwidth capped at %d MiB/s for every method, time bound %g s, max "
+        "downtime %d ms; a fresh guest per measurement, the methods alternating within each repetition; %d "
+        "repetition(s), medians below."
+        % (script, env["date"], params["src"], params["dst"], params["bandwidth_mibps"], params["bound_s"],
+           params["max_downtime_ms"], params["runs"])
+    )
+
+
+def targets_table(checks: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
+    """The targets as table lines (case, target, PASS / FAIL / not run, what was measured)."""
+    lines = ["| case | target | result | measured |", "|---|---|---|---|"]
+    for check in checks:
+        verdict = {True: "PASS", False: "FAIL", None: "not run"}[check["passed"]]
+        lines.append("| %s | %s | %s | %s |" % (check["case"], check["target"], verdict, check["measured"]))
+    return lines
+
+
+def write_report(out_dir: Path, stem: str, report: t.Mapping[str, t.Any], markdown: str) -> None:
+    """STEM.json and STEM.md in out_dir, and the table on stdout."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / (stem + ".json")).write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / (stem + ".md")).write_text(markdown)
+    print(markdown)
+
+
+def measure_all(runs: int, cases: t.Sequence[str], methods: t.Sequence[str],
+                measure: t.Callable[[str, str, int], t.Dict[str, t.Any]],
+                more: t.Callable[[t.Mapping[str, t.Any]], str]) -> t.List[t.Dict[str, t.Any]]:
+    """Every method on every case, the methods alternating within each repetition; a line per
+    measurement on stderr (`more` adds the benchmark's own figures)."""
+    measurements = []
+    for run in range(1, runs + 1):
+        for case in cases:
+            for method in methods:
+                row = measure(case, method, run)
+                print("run %d %-10s %-15s %-9s job %6s s  wall %6s s  downtime %5s ms  sent %7s MiB  %s"
+                      % (run, case, method, "completed" if row["completed"] else "FAILED", seconds(row["job_ms"]),
+                         seconds(row["wall_ms"]), fmt(row["downtime_ms"]), fmt(row["transferred_mib"], "%.1f"),
+                         more(row)), file=sys.stderr, flush=True)
+                measurements.append(row)
+    return measurements

@@ -33,8 +33,6 @@ live_migrate_shaking.png (with --quick, under results/tmp/).
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 import typing as t
@@ -398,10 +396,6 @@ def preparation_overhead(records: t.Sequence[t.Mapping[str, t.Any]]) -> t.Option
 # ---- report -----------------------------------------------------------------
 
 
-def _seconds(value_ms: t.Optional[float]) -> str:
-    return "-" if value_ms is None else "%.2f" % (value_ms / 1000.0)
-
-
 def _ratio(value: t.Optional[float]) -> str:
     return "-" if value is None else "%.2fx" % value
 
@@ -415,11 +409,7 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
     lines = [
         "# Live migration: the engine against plain libvirt",
         "",
-        "`benchmarks/live_migrate_benchmark.py`, %s. %s -> %s, bandwidth capped at %d MiB/s for every method, "
-        "time bound %g s, max downtime %d ms; a fresh guest per measurement, the methods alternating within each "
-        "repetition; %d repetition(s), medians below."
-        % (env["date"], params["src"], params["dst"], params["bandwidth_mibps"], params["bound_s"],
-           params["max_downtime_ms"], params["runs"]),
+        labkit.migration_intro("live_migrate_benchmark.py", env, params),
         "",
         "- `baseline`: plain libvirt (`migration_runner.plain_migrate`: live, peer-to-peer, persist on the "
         "destination, undefine the source, nothing else), abortJob() at the bound.",
@@ -450,17 +440,14 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
             strategy = "%s (%s)" % (", ".join(record["strategies"]), ", ".join(record["hot_layers"]))
         lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             record["case"], record["method"], strategy, record["runs_completed"], record["runs_total"],
-            _seconds(medians["job_ms"]), _seconds(medians["wall_ms"]), labkit.fmt(medians["downtime_ms"]),
+            labkit.seconds(medians["job_ms"]), labkit.seconds(medians["wall_ms"]), labkit.fmt(medians["downtime_ms"]),
             labkit.fmt(medians["transferred_mib"], "%.1f"), labkit.fmt(medians["floor_s"], "%.2f"),
             _ratio(ratios["transferred_mib"]) if record["method"] != "baseline" else "",
             _ratio(ratios["job_ms"]) if record["method"] != "baseline" else "",
             _ratio(ratios["downtime_ms"]) if record["method"] != "baseline" else "",
         ))
-    lines += ["", "## Targets", "", "Completion holds for every run; thresholds apply to the medians.", "",
-              "| case | target | result | measured |", "|---|---|---|---|"]
-    for check in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not run"}[check["passed"]]
-        lines.append("| %s | %s | %s | %s |" % (check["case"], check["target"], verdict, check["measured"]))
+    lines += ["", "## Targets", "", "Completion holds for every run; thresholds apply to the medians.", ""]
+    lines += labkit.targets_table(report["targets"])
     overhead = report["engine_preparation_overhead"]
     if overhead:
         lines += [
@@ -468,8 +455,8 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
             "Engine overhead on the converging case (medians): the whole call took %s s against the baseline's "
             "%s s; %s s of it came before the job (dirty-rate measurement, compaction) and %s s outside the job "
             "in all (with the balloon restore on the destination)."
-            % (_seconds(overhead["engine_wall_ms"]), _seconds(overhead["baseline_wall_ms"]),
-               _seconds(overhead["engine_prepare_ms"]), _seconds(overhead["engine_outside_job_ms"])),
+            % (labkit.seconds(overhead["engine_wall_ms"]), labkit.seconds(overhead["baseline_wall_ms"]),
+               labkit.seconds(overhead["engine_prepare_ms"]), labkit.seconds(overhead["engine_outside_job_ms"])),
         ]
     lines += [
         "",
@@ -482,7 +469,7 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
     for row in _runs(report):
         lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["case"], row["method"], row["run"], "yes" if row["completed"] else "no",
-            row["aborted_by"] or "-", _seconds(row["job_ms"]), _seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]),
+            row["aborted_by"] or "-", labkit.seconds(row["job_ms"]), labkit.seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]),
             labkit.fmt(row["transferred_mib"], "%.1f"), labkit.fmt(row["used_memory_mib"], "%.1f"),
             labkit.fmt(row.get("postcopy_switch_s"), "%.2f"), ", ".join(row.get("shaking") or []) or "-",
             row["job_ms_source"],
@@ -517,46 +504,22 @@ def write_figure(report: t.Dict[str, t.Any], path: Path) -> bool:
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 repetition, bound %g s, results under results/tmp/" % QUICK_BOUND_S)
-    parser.add_argument("--bound-s", type=float, default=None,
-                        help="time bound of every migration (default %g s, %g s with --quick)"
-                        % (DEFAULT_BOUND_S, QUICK_BOUND_S))
+    parser = labkit.migration_parser(__doc__.split("\n\n", maxsplit=1)[0], 3, DEFAULT_BOUND_S, QUICK_BOUND_S,
+                                     "1 repetition", RESULTS)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of %s" % ", ".join(CASES))
-    parser.add_argument("--src", default="hv1")
-    parser.add_argument("--dst", default="hv2")
-    parser.add_argument("--bandwidth-mibps", type=int, default=60)
-    parser.add_argument("--max-downtime-ms", type=int, default=300)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    runs = 1 if args.quick else args.runs
-    if args.bound_s is None:
-        args.bound_s = QUICK_BOUND_S if args.quick else DEFAULT_BOUND_S
-    if args.quick and args.out_dir == RESULTS:
-        args.out_dir = RESULTS / "tmp"  # a smoke run never replaces the committed results
+    runs = labkit.settle_migration_args(parser, args)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error("unknown case(s) %s; choose from %s" % (", ".join(unknown), ", ".join(CASES)))
-    if runs < 1 or args.bound_s < 1 or args.bandwidth_mibps < 1:
-        parser.error("--runs, --bound-s and --bandwidth-mibps must be at least 1")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/live_migrate_benchmark.py"]
-                       + list(sys.argv[1:] if argv is None else argv))
+    command = labkit.command_line("live_migrate_benchmark.py", argv)
     src_uri, dst_uri = host_uri(args.src), host_uri(args.dst)
     env = labkit.environment(src_uri, dst_uri)
-    measurements = []
-    for run in range(1, runs + 1):
-        for case in cases:
-            for method in METHODS:
-                row = measure(case, method, run, args, src_uri, dst_uri)
-                print("run %d %-10s %-15s %-9s job %6s s  wall %6s s  downtime %5s ms  sent %7s MiB  used %6s MiB%s"
-                      % (run, case, method, "completed" if row["completed"] else "FAILED", _seconds(row["job_ms"]),
-                         _seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]), labkit.fmt(row["transferred_mib"], "%.1f"),
-                         labkit.fmt(row["used_memory_mib"], "%.1f"),
-                         "  (%s)" % row["strategy"] if row.get("strategy") else ""), file=sys.stderr, flush=True)
-                measurements.append(row)
+    measurements = labkit.measure_all(
+        runs, cases, METHODS, lambda case, method, run: measure(case, method, run, args, src_uri, dst_uri),
+        lambda row: "used %6s MiB%s" % (labkit.fmt(row["used_memory_mib"], "%.1f"),
+                                        "  (%s)" % row["strategy"] if row.get("strategy") else ""))
     results = summarize(measurements, cases)
     report: t.Dict[str, t.Any] = {
         "benchmark": "live_migrate",
@@ -578,10 +541,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     figure = args.out_dir / "live_migrate_shaking.png"
     if write_figure(report, figure):
         report["figure"] = figure.name
-    (args.out_dir / "live_migrate.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = render_markdown(report)
-    (args.out_dir / "live_migrate.md").write_text(markdown)
-    print(markdown)
+    labkit.write_report(args.out_dir, "live_migrate", report, render_markdown(report))
     return 0
 
 

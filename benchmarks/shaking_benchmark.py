@@ -31,8 +31,6 @@ Writes benchmarks/results/shaking.json, shaking.md and one figure per case
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 import typing as t
@@ -170,7 +168,7 @@ def check_targets(records: t.Sequence[t.Mapping[str, t.Any]], bound_s: float) ->
             add(case, "engine completes every run, job <= 1.5 x floor (guest memory / bandwidth)",
                 done and job is not None and job <= 1500.0 * floor,
                 "%d/%d completed; job %s s, limit %.2f s (floor %.2f s)" % (
-                    engine["runs_completed"], engine["runs_total"], lmb._seconds(job), 1.5 * floor, floor))
+                    engine["runs_completed"], engine["runs_total"], labkit.seconds(job), 1.5 * floor, floor))
         if shaking and engine is not None and tuned is not None:
             mine, theirs = engine["medians"]["wall_ms"], tuned["medians"]["wall_ms"]
             tuned_done = tuned["runs_completed"] == tuned["runs_total"]
@@ -178,14 +176,14 @@ def check_targets(records: t.Sequence[t.Mapping[str, t.Any]], bound_s: float) ->
                 not tuned_done or (theirs is not None and mine <= theirs))
             add(case, "engine wall time <= hand-tuned virsh's", passed,
                 "engine %s s, virsh_tuned %s s (%d/%d completed)" % (
-                    lmb._seconds(mine), lmb._seconds(theirs), tuned["runs_completed"], tuned["runs_total"]))
+                    labkit.seconds(mine), labkit.seconds(theirs), tuned["runs_completed"], tuned["runs_total"]))
         if not shaking and engine is not None and base is not None:
             ratio = (engine["medians"]["job_ms"] / base["medians"]["job_ms"]
                      if engine["medians"]["job_ms"] and base["medians"]["job_ms"] else None)
             add(case, "engine completes every run, job <= 1.10 x the baseline's",
                 _all_completed(engine, bound_ms) and ratio is not None and ratio <= 1.10,
-                "job %s vs %s s (ratio %s)" % (lmb._seconds(engine["medians"]["job_ms"]),
-                                               lmb._seconds(base["medians"]["job_ms"]), labkit.fmt(ratio, "%.2f")))
+                "job %s vs %s s (ratio %s)" % (labkit.seconds(engine["medians"]["job_ms"]),
+                                               labkit.seconds(base["medians"]["job_ms"]), labkit.fmt(ratio, "%.2f")))
         mine_pc, theirs_pc = _record(records, case, "engine_postcopy"), _record(records, case, "virsh_postcopy")
         if shaking and mine_pc is not None and theirs_pc is not None:
             wall, their_wall = mine_pc["medians"]["wall_ms"], theirs_pc["medians"]["wall_ms"]
@@ -194,7 +192,7 @@ def check_targets(records: t.Sequence[t.Mapping[str, t.Any]], bound_s: float) ->
                       and wall <= 1.2 * their_wall and sent <= 1.2 * memory)
             add(case, "engine_postcopy wall <= 1.2 x virsh_postcopy's, sent <= 1.2 x guest memory", passed,
                 "wall %s vs %s s; sent %s MiB, limit %s" % (
-                    lmb._seconds(wall), lmb._seconds(their_wall), labkit.fmt(sent, "%.1f"),
+                    labkit.seconds(wall), labkit.seconds(their_wall), labkit.fmt(sent, "%.1f"),
                     labkit.fmt(memory and 1.2 * memory, "%.1f")))
     return checks
 
@@ -204,11 +202,7 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
     lines = [
         "# Incompressible shaking pages: the engine against plain libvirt and hand-tuned virsh",
         "",
-        "`benchmarks/shaking_benchmark.py`, %s. %s -> %s, bandwidth capped at %d MiB/s for every method, time "
-        "bound %g s, max downtime %d ms; a fresh guest per measurement, the methods alternating within each "
-        "repetition; %d repetition(s), medians below."
-        % (env["date"], params["src"], params["dst"], params["bandwidth_mibps"], params["bound_s"],
-           params["max_downtime_ms"], params["runs"]),
+        labkit.migration_intro("shaking_benchmark.py", env, params),
         "",
         "Methods: `baseline` plain libvirt; `virsh_tuned` plain libvirt with auto-converge %d%% + %d%% steps; "
         "`engine` live_migrate's engine without post-copy; `virsh_postcopy` plain libvirt post-copy switched "
@@ -229,13 +223,10 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         med = record["medians"]
         lines.append("| %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
             record["case"], record["method"], record["runs_completed"], record["runs_total"],
-            lmb._seconds(med["job_ms"]), lmb._seconds(med["wall_ms"]), labkit.fmt(med["downtime_ms"]),
+            labkit.seconds(med["job_ms"]), labkit.seconds(med["wall_ms"]), labkit.fmt(med["downtime_ms"]),
             labkit.fmt(med["transferred_mib"], "%.1f"), labkit.fmt(med["floor_s"], "%.2f"),
             labkit.fmt(med["max_throttle_percent"]), labkit.fmt(med["throttled_s"], "%.1f")))
-    lines += ["", "## Targets", "", "| case | target | result | measured |", "|---|---|---|---|"]
-    for check in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not run"}[check["passed"]]
-        lines.append("| %s | %s | %s | %s |" % (check["case"], check["target"], verdict, check["measured"]))
+    lines += ["", "## Targets", ""] + labkit.targets_table(report["targets"])
     lines += ["", "## Every measurement", "",
               "| case | method | run | completed | aborted by | job s | wall s | downtime ms | MiB sent "
               "| throttle max % | engine's plan |", "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
@@ -243,7 +234,7 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         for row in record["runs"]:
             lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 row["case"], row["method"], row["run"], "yes" if row["completed"] else "no",
-                row["aborted_by"] or "-", lmb._seconds(row["job_ms"]), lmb._seconds(row["wall_ms"]),
+                row["aborted_by"] or "-", labkit.seconds(row["job_ms"]), labkit.seconds(row["wall_ms"]),
                 labkit.fmt(row["downtime_ms"]), labkit.fmt(row["transferred_mib"], "%.1f"),
                 labkit.fmt(row["max_throttle_percent"]),
                 ", ".join(row.get("flags") or []) if row.get("flags") else "-"))
@@ -254,48 +245,24 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="repetitions (default %d)" % DEFAULT_RUNS)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 repetition of the far case, bound %g s, results under results/tmp/"
-                        % QUICK_BOUND_S)
-    parser.add_argument("--bound-s", type=float, default=None)
+    parser = labkit.migration_parser(__doc__.split("\n\n", maxsplit=1)[0], DEFAULT_RUNS, DEFAULT_BOUND_S,
+                                     QUICK_BOUND_S, "1 repetition of the far case", RESULTS)
     parser.add_argument("--cases", default=None, help="comma-separated subset of %s" % ", ".join(CASES))
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of %s"
                         % ", ".join(METHODS))
-    parser.add_argument("--src", default="hv1")
-    parser.add_argument("--dst", default="hv2")
-    parser.add_argument("--bandwidth-mibps", type=int, default=60)
-    parser.add_argument("--max-downtime-ms", type=int, default=300)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    runs = 1 if args.quick else args.runs
-    if args.bound_s is None:
-        args.bound_s = QUICK_BOUND_S if args.quick else DEFAULT_BOUND_S
-    if args.quick and args.out_dir == RESULTS:
-        args.out_dir = RESULTS / "tmp"
+    runs = labkit.settle_migration_args(parser, args)
     cases = (args.cases or ("far" if args.quick else ",".join(CASES))).split(",")
     methods = [m for m in args.methods.split(",") if m]
     unknown = [c for c in cases if c not in CASES] + [m for m in methods if m not in METHODS]
     if unknown:
         parser.error("unknown case(s) or method(s): %s" % ", ".join(unknown))
-    if runs < 1 or args.bound_s < 1 or args.bandwidth_mibps < 1:
-        parser.error("--runs, --bound-s and --bandwidth-mibps must be at least 1")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/shaking_benchmark.py"]
-                       + list(sys.argv[1:] if argv is None else argv))
+    command = labkit.command_line("shaking_benchmark.py", argv)
     src_uri, dst_uri = host_uri(args.src), host_uri(args.dst)
     env = labkit.environment(src_uri, dst_uri)
-    measurements = []
-    for run in range(1, runs + 1):
-        for case in cases:
-            for method in methods:
-                row = measure(case, method, run, args, src_uri, dst_uri)
-                print("run %d %-9s %-15s %-9s job %6s s  wall %6s s  downtime %5s ms  sent %7s MiB  throttle %s%%"
-                      % (run, case, method, "completed" if row["completed"] else "FAILED", lmb._seconds(row["job_ms"]),
-                         lmb._seconds(row["wall_ms"]), labkit.fmt(row["downtime_ms"]),
-                         labkit.fmt(row["transferred_mib"], "%.1f"), labkit.fmt(row["max_throttle_percent"])),
-                      file=sys.stderr, flush=True)
-                measurements.append(row)
+    measurements = labkit.measure_all(
+        runs, cases, methods, lambda case, method, run: measure(case, method, run, args, src_uri, dst_uri),
+        lambda row: "throttle %s%%" % labkit.fmt(row["max_throttle_percent"]))
     results = summarize(measurements, cases)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
@@ -321,10 +288,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         "targets": check_targets(results, args.bound_s),
         "figures": figures,
     }
-    (args.out_dir / "shaking.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = render_markdown(report)
-    (args.out_dir / "shaking.md").write_text(markdown)
-    print(markdown)
+    labkit.write_report(args.out_dir, "shaking", report, render_markdown(report))
     return 0
 
 
