@@ -1,9 +1,11 @@
 """strata-lab: a multi-host libvirt lab on one machine.
 
     strata-lab deps                        install the Debian packages the lab needs
-    strata-lab up [--hosts 3] [--transport ssh]
+    strata-lab up [--hosts 3] [--transport ssh] [--stack hv4=trixie ...]
                                            start the hosts (idempotent), write the inventory whose
-                                           URIs use this transport (ssh, tls or tcp; every host has all)
+                                           URIs use this transport (ssh, tls or tcp; every host has all);
+                                           --stack runs a host on libvirt 11 / QEMU 10 from a cached root
+    strata-lab stack build trixie          (re)build the cached root of a newer stack
     strata-lab status                      hosts, their URIs and guests
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
                                            [--anti-affinity GROUP] [--pinned REASON]
@@ -12,6 +14,8 @@
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
+    strata-lab host add hv4 [--stack trixie]    add one host to a running lab (the others keep running)
+    strata-lab host remove hv4             stop it and take it out of the lab (it must run no guest)
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
     strata-lab host start hv2              restart a killed host, taking back its running guests
     strata-lab host sshd-stop hv2          SIGSTOP the host's sshd: new ssh connections hang
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import signal
 
-from . import guests, hosts, packages, storage, transports
+from . import guests, hosts, packages, stack, storage, transports
 from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, LabError, LabState, make_host_spec
 from .image import build_image
 
@@ -47,13 +51,22 @@ def cmd_up(args: argparse.Namespace) -> None:
     lab_dir: Path = args.lab_dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     image = build_image(args.cache_dir)
+    stacks = _host_stacks(args.stack, args.hosts)
+    roots = {name: stack.ensure_stack(args.cache_dir, lab_dir, name) for name in set(stacks.values())}
+    # A chrooted host sees the lab's and the cache's folders at the same paths: guests' XML names them.
+    shared_paths = (str(lab_dir.absolute()), str(args.cache_dir.absolute()))
     state = LabState(
         lab_dir=str(lab_dir),
         cache_dir=str(args.cache_dir),
         domain_type=args.domain_type,
         # With three hosts or more, the last one is the "legacy" host (see docs/lab.md).
         hosts=[
-            make_host_spec(lab_dir, i, args.capacity_mib, legacy=args.hosts >= 3 and i == args.hosts)
+            make_host_spec(
+                lab_dir, i, args.capacity_mib, legacy=args.hosts >= 3 and i == args.hosts,
+                stack=stacks.get(f"hv{i}", stack.STOCK),
+                stack_root=str(roots[stacks[f"hv{i}"]].root) if f"hv{i}" in stacks else "",
+                shared_paths=shared_paths if f"hv{i}" in stacks else (),
+            )
             for i in range(1, args.hosts + 1)
         ],
         kernel=str(image.kernel),
@@ -77,6 +90,26 @@ def cmd_up(args: argparse.Namespace) -> None:
         hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
     print(f"inventory: {lab_dir / 'inventory.yml'}")
+
+
+def _host_stacks(requests: list[str], host_count: int) -> dict[str, str]:
+    """{host: stack} from --stack HOST=STACK words; hosts not named run the stock stack."""
+    stacks = {}
+    for word in requests or []:
+        host, _sep, name = word.partition("=")
+        if not name or not host.startswith("hv") or not host[2:].isdigit() or not 1 <= int(host[2:]) <= host_count:
+            raise LabError(f"--stack {word!r}: expected HOST=STACK with HOST one of hv1..hv{host_count}")
+        stack.check_stack(name)
+        if name != stack.STOCK:
+            stacks[host] = name
+    return stacks
+
+
+def cmd_stack(args: argparse.Namespace) -> None:
+    stack.check_stack(args.name)
+    if args.name == stack.STOCK:
+        raise LabError("the stock stack is the machine's own libvirt: there is nothing to build")
+    print(json.dumps(stack.build_stack(args.cache_dir, args.name), indent=2))
 
 
 def _stop_surplus_hosts(lab_dir: Path, state: LabState) -> None:
@@ -107,6 +140,7 @@ def write_inventory(state: LabState) -> None:
             f"          strata_libvirt_uri: {transports.host_uri(state, host, state.transport)}",
             f"          strata_migration_address: {host.address}",
             f"          strata_memory_capacity_mib: {host.memory_capacity_mib}",
+            f"          strata_lab_stack: {host.stack}",
         ]
     lines += [
         "  vars:",
@@ -129,6 +163,7 @@ def write_inventory(state: LabState) -> None:
                 "uris": {name: transports.host_uri(state, h, name) for name in transports.TRANSPORTS},
                 "address": h.address,
                 "memory_capacity_mib": h.memory_capacity_mib,
+                "stack": h.stack,
             }
             for h in state.hosts
         ],
@@ -184,6 +219,61 @@ def cmd_network(args: argparse.Namespace) -> None:
     else:
         changed = hosts.delete_network(host, args.name)
     print(json.dumps({"network": args.name, "host": host.name, "changed": changed}))
+
+
+def _start_and_list(state: LabState, host) -> None:
+    """Start one host of the lab, give it the lab's resources, and rewrite the inventory."""
+    transports.ensure_ssh(state)
+    transports.ensure_pki(state)
+    hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
+    hosts.start_host(host)
+    hosts.configure_host(host, state.shared_pool_dir)
+    write_inventory(state)
+
+
+def cmd_host_add(args: argparse.Namespace) -> None:
+    state = LabState.load(args.lab_dir)
+    _host_stacks([f"{args.name}={args.stack}"], 8)  # checks the name: hv1..hv8
+    name = args.name
+    existing = next((h for h in state.hosts if h.name == name), None)
+    if existing is not None:
+        if existing.stack != args.stack:
+            raise LabError(f"{name} already runs the {existing.stack} stack: `host remove {name}` first")
+        changed = not hosts.host_is_up(existing)
+        if changed:
+            _start_and_list(state, existing)
+        print(json.dumps({"host": name, "stack": existing.stack, "uri": transports.host_uri(state, existing, state.transport),
+                          "changed": changed}))
+        return
+    lab_dir, cache_dir = Path(state.lab_dir), Path(state.cache_dir)
+    root = stack.ensure_stack(cache_dir, lab_dir, args.stack) if args.stack != stack.STOCK else None
+    host = make_host_spec(
+        lab_dir, int(name[2:]), state.hosts[0].memory_capacity_mib if state.hosts else 3072,
+        stack=args.stack, stack_root=str(root.root) if root else "",
+        shared_paths=(str(lab_dir.absolute()), str(cache_dir.absolute())) if root else (),
+    )
+    state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
+    state.save()
+    _start_and_list(state, host)
+    print(json.dumps({"host": name, "stack": host.stack, "uri": transports.host_uri(state, host, state.transport),
+                      "changed": True}))
+
+
+def cmd_host_remove(args: argparse.Namespace) -> None:
+    state = LabState.load(args.lab_dir)
+    host = next((h for h in state.hosts if h.name == args.name), None)
+    if host is None:
+        print(json.dumps({"host": args.name, "changed": False}))
+        return
+    if hosts.host_is_up(host):
+        running = hosts.virsh(host.uri, "list", "--name", check=False).split()
+        if running:
+            raise LabError(f"{host.name} still runs {', '.join(running)}: move or delete them first")
+    hosts.stop_host(host)
+    state.hosts = [h for h in state.hosts if h.name != host.name]
+    state.save()
+    write_inventory(state)
+    print(json.dumps({"host": host.name, "changed": True}))
 
 
 def cmd_host(args: argparse.Namespace) -> None:
@@ -258,7 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport", choices=transports.TRANSPORTS, default="ssh",
         help="how the inventory's URIs reach the hosts (default ssh; every host offers all three)",
     )
+    up.add_argument(
+        "--stack", action="append", metavar="HOST=STACK",
+        help="run HOST on another libvirt/QEMU stack (%s; default stock, the machine's own)"
+        % ", ".join(stack.known_stacks()),
+    )
     up.set_defaults(func=cmd_up)
+    stack_parser = sub.add_parser("stack", help="newer libvirt/QEMU stacks").add_subparsers(dest="verb", required=True)
+    build = stack_parser.add_parser("build", help="(re)build a stack's cached root")
+    build.add_argument("name", choices=[n for n in stack.known_stacks() if n != stack.STOCK])
+    build.set_defaults(func=cmd_stack)
     status = sub.add_parser("status", help="show hosts and guests")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
@@ -315,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     network.set_defaults(func=cmd_network)
     host = sub.add_parser("host", help="kill or restart one host's libvirtd (failure tests)")
     host_sub = host.add_subparsers(dest="host_command", required=True)
+    add = host_sub.add_parser("add", help="add one host (hv1..hv8) to a running lab")
+    add.add_argument("name")
+    add.add_argument("--stack", default=stack.STOCK, choices=stack.known_stacks())
+    add.set_defaults(func=cmd_host_add)
+    remove = host_sub.add_parser("remove", help="stop one host and take it out of the lab")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_host_remove)
     host_sub.add_parser("kill", help="SIGKILL the host's libvirtd; its guests' QEMU processes keep running").add_argument(
         "name"
     )

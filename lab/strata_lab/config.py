@@ -47,6 +47,12 @@ class HostSpec:
     # CPU models this host's libvirt does not know: the lab's "legacy" host refuses guests
     # that use them, so pre-flight CPU checks can be exercised for real.
     cpu_models_missing: tuple = ()
+    # "stock" runs the machine's libvirtd; another stack (stack.py) runs libvirtd chrooted into
+    # stack_root, a newer libvirt and QEMU.
+    stack: str = "stock"
+    stack_root: str = ""
+    # The folders domain XML and the lab's certificates name; a chrooted host sees them at the same paths.
+    shared_paths: tuple = ()
 
     @property
     def uri(self) -> str:
@@ -71,7 +77,8 @@ class HostSpec:
 LEGACY_CPU_MODELS = ("Westmere", "Westmere-IBRS")
 
 
-def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: bool = False) -> HostSpec:
+def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: bool = False,
+                   stack: str = "stock", stack_root: str = "", shared_paths: tuple = ()) -> HostSpec:
     name = f"hv{index}"
     port_min = _MIGRATION_PORT_BASE + index * _MIGRATION_PORTS_PER_HOST
     return HostSpec(
@@ -84,6 +91,9 @@ def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: 
         memory_capacity_mib=memory_capacity_mib,
         root=str(lab_dir / "hosts" / name),
         cpu_models_missing=LEGACY_CPU_MODELS if legacy else (),
+        stack=stack,
+        stack_root=stack_root,
+        shared_paths=shared_paths,
     )
 
 
@@ -136,7 +146,11 @@ class LabState:
         if not path.exists():
             raise LabError(f"no lab at {lab_dir}: run `strata-lab up` first")
         data = json.loads(path.read_text())
-        hosts = [HostSpec(**{**h, "cpu_models_missing": tuple(h.get("cpu_models_missing", ()))}) for h in data.pop("hosts")]
+        hosts = [
+            HostSpec(**{**h, "cpu_models_missing": tuple(h.get("cpu_models_missing", ())),
+                        "shared_paths": tuple(h.get("shared_paths", ()))})
+            for h in data.pop("hosts")
+        ]
         return cls(hosts=hosts, **data)
 
 

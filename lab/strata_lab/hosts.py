@@ -103,7 +103,7 @@ def _write_legacy_cpu_map(host: HostSpec) -> None:
     """A copy of libvirt's CPU map without some models, as an older libvirt would have."""
     target = Path(host.root) / "cpu_map"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(SYSTEM_CPU_MAP, target)
+    shutil.copytree(Path(host.stack_root or "/") / SYSTEM_CPU_MAP.relative_to("/"), target)
     index = target / "index.xml"
     lines = index.read_text().splitlines(keepends=True)
     dropped = {f"x86_{model}.xml" for model in host.cpu_models_missing}
@@ -177,20 +177,55 @@ def define_from_xml(uri: str, command: str, xml: str) -> None:
         Path(xml_file.name).unlink()
 
 
-def _start_script(host: HostSpec) -> str:
-    mounts = " && ".join(
-        f"mkdir -p {target} && mount --bind {host.private_dir(key)} {target}"
+def _private_mounts(host: HostSpec, prefix: str) -> str:
+    """Shell words binding the host's private folders (and cpu_map, /etc/hosts, the small pool) under prefix."""
+    mounts = [
+        f"mkdir -p {prefix}{target} && mount --bind {host.private_dir(key)} {prefix}{target}"
         for key, target in PRIVATE_DIRS.items()
-    )
-    # A private /etc/hosts lets libvirt resolve its own hostname inside the namespace.
+    ]
     if host.cpu_models_missing:
-        mounts += f" && mount --bind {Path(host.root) / 'cpu_map'} {SYSTEM_CPU_MAP}"
+        mounts.append(f"mount --bind {Path(host.root) / 'cpu_map'} {prefix}{SYSTEM_CPU_MAP}")
+    mounts += [
+        f"mkdir -p {prefix}{SMALL_POOL_DIR}",
+        f"mount -t tmpfs -o size={SMALL_POOL_MIB}m strata-lab-small {prefix}{SMALL_POOL_DIR}",
+        # A private /etc/hosts lets libvirt resolve its own hostname inside the namespace.
+        f"mount --bind {host.etc_hosts} {prefix}/etc/hosts",
+    ]
+    return "; ".join(mounts)
+
+
+def _stack_mounts(host: HostSpec) -> str:
+    """Make the stack root a mount point of its own with proc, sys, dev and run, and the lab's folders in it.
+
+    libvirt 11 gives each QEMU a private mount namespace and fails unless / is a mount point.
+    The host's private folders are bound both outside (for sshd's libvirt socket) and inside.
+    """
+    root = host.stack_root
+    words = [
+        f"mount --bind {root} {root}",
+        f"mount -t proc proc {root}/proc",
+        f"mount --rbind /sys {root}/sys",
+        f"mount --rbind /dev {root}/dev",
+        f"mount -t tmpfs strata-lab-run {root}/run",
+    ]
+    for path in host.shared_paths:
+        words.append(f"mkdir -p {root}{path} && mount --bind {path} {root}{path}")
+    # The small pool's tmpfs is mounted inside the root only: the chrooted libvirtd is the one that uses it.
+    inside = _private_mounts(host, root)
+    for key, target in PRIVATE_DIRS.items():
+        words.append(f"mkdir -p {target} && mount --bind {host.private_dir(key)} {target}")
+    return "; ".join(words) + "; " + inside
+
+
+def _start_script(host: HostSpec) -> str:
+    libvirtd = f"libvirtd --listen --pid-file {host.pid_file} --config {PRIVATE_DIRS['etc']}/libvirtd.conf"
+    if host.stack_root:
+        mounts, libvirtd = _stack_mounts(host), f"chroot {host.stack_root} /usr/sbin/{libvirtd}"
+    else:
+        mounts = _private_mounts(host, "")
     return (
-        f"set -e; {mounts}; mkdir -p {SMALL_POOL_DIR}; "
-        f"mount -t tmpfs -o size={SMALL_POOL_MIB}m strata-lab-small {SMALL_POOL_DIR}; "
-        f"mount --bind {host.etc_hosts} /etc/hosts; hostname {host.name}; "
-        f"{transports.sshd_start_command(host)}; exec libvirtd --listen --pid-file {host.pid_file} "
-        f"--config {PRIVATE_DIRS['etc']}/libvirtd.conf"
+        f"set -e; {mounts}; hostname {host.name}; "
+        f"{transports.sshd_start_command(host)}; exec {libvirtd}"
     )
 
 

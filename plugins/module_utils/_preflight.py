@@ -641,15 +641,43 @@ def check_domain_type(data: PreflightData, options: PreflightOptions) -> Finding
     return Finding("domain_type", PASS, "the destination supports domain type %s" % kind)
 
 
+_VERSIONED_MACHINE = re.compile(r"^(?P<family>.+-)(?P<version>\d+(?:\.\d+)*)$")
+
+
+def newest_machine_of_family(machine: str, offered: t.Iterable[str]) -> t.Optional[str]:
+    """The newest versioned machine type of machine's family among offered ("pc-i440fx-7.2" for
+    "pc-i440fx-10.0"), or None when machine is not versioned or none of its family is offered."""
+    wanted = _VERSIONED_MACHINE.match(machine)
+    if wanted is None:
+        return None
+    family = [m for m in (_VERSIONED_MACHINE.match(name) for name in offered)
+              if m is not None and m.group("family") == wanted.group("family")]
+    if not family:
+        return None
+    newest = max(family, key=lambda m: tuple(int(part) for part in m.group("version").split(".")))
+    return newest.group(0)
+
+
 def check_machine_type(data: PreflightData, options: PreflightOptions) -> Finding:
     machine = data.domain.machine_type if data.domain is not None else None
     probe = data.capabilities
     if machine is None:
         return Finding("machine_type", PASS, "the domain names no machine type; the destination's default is used")
     if probe.machine_error:
+        arch = data.domain.arch if data.domain is not None else None
+        offered = [name for guest in data.destination.guests if guest.arch == arch for name in guest.machines]
+        pinned = newest_machine_of_family(machine, offered)
+        if pinned == machine:  # offered but refused: the version is not the problem
+            pinned = None
+        remedy = (
+            "; its QEMU (%s) is older than the one the guest was started on: pin a machine type both hosts run, "
+            "such as '%s' (the newest of that family there), in the domain's <os><type machine=...>, which the "
+            "guest takes at its next cold boot" % (data.destination.hypervisor_version or "unknown", pinned)
+            if pinned else ""
+        )
         return Finding(
             "machine_type", FAIL,
-            "machine type '%s' is not supported on the destination: %s" % (machine, probe.machine_error),
+            "machine type '%s' is not supported on the destination: %s%s" % (machine, probe.machine_error, remedy),
         )
     if not probe.machine_checked:
         return Finding(
@@ -666,6 +694,10 @@ def check_cpu(data: PreflightData, options: PreflightOptions) -> Finding:
     what = "CPU model '%s'" % model if model else "the domain's CPU definition"
     if not probe.compared:
         return Finding("cpu", PASS, "the domain has no <cpu> definition; QEMU's default CPU is used")
+    if probe.error and data.capabilities.machine_error:
+        # libvirt compares CPUs for a machine type; one the destination lacks fails the comparison too.
+        return Finding("cpu", WARN, "%s was not checked: the destination does not run machine type '%s' "
+                       "(see machine_type)" % (what, domain.machine_type if domain is not None else None))
     if probe.error:
         return Finding("cpu", FAIL, "%s cannot be provided on the destination: %s" % (what, probe.error))
     if probe.result in (CPU_COMPARE_INCOMPATIBLE, CPU_COMPARE_ERROR, None):

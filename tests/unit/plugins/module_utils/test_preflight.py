@@ -390,10 +390,42 @@ def test_machine_type():
                                                                                       "supported"))
     finding = preflight.check_machine_type(missing, options())
     assert finding.status == FAIL and "'pc-i440fx-7.2' is not supported" in finding.message
+    assert "pin" not in finding.message  # the destination lists that very machine type
     unchecked = data(capabilities=CapabilitiesProbe(domain_type_error="no emulator"))
     assert preflight.check_machine_type(unchecked, options()).status == WARN
     default = data(dom=domain(machine_type=None))
     assert "default is used" in preflight.check_machine_type(default, options()).message
+
+
+def test_a_machine_type_from_a_newer_qemu_names_the_one_to_pin():
+    older = host("hv2", hypervisor_version="7.2.0", guests=[GuestCapability(
+        "hvm", "x86_64", ["qemu"], ["pc", "pc-i440fx-2.12", "pc-i440fx-7.1", "pc-i440fx-7.2", "pc-q35-7.2", "q35"])])
+    refused = data(dom=domain(machine_type="pc-i440fx-10.0"), destination=older, capabilities=CapabilitiesProbe(
+        machine_checked=True, machine_error="the machine 'pc-i440fx-10.0' is not supported by emulator"))
+    finding = preflight.check_machine_type(refused, options())
+    assert finding.status == FAIL
+    assert "its QEMU (7.2.0) is older" in finding.message
+    assert "such as 'pc-i440fx-7.2'" in finding.message and "next cold boot" in finding.message
+
+
+def test_a_cpu_comparison_that_fails_on_the_machine_type_is_not_reported_twice():
+    both = data(dom=domain(machine_type="pc-i440fx-10.0"),
+                capabilities=CapabilitiesProbe(machine_checked=True, machine_error="machine not supported"),
+                cpu=CpuProbe(compared=True, result=None, error="the machine 'pc-i440fx-10.0' is not supported"))
+    finding = preflight.check_cpu(both, options())
+    assert finding.status == WARN
+    assert "not checked" in finding.message and "machine type 'pc-i440fx-10.0'" in finding.message
+
+
+@pytest.mark.parametrize("machine, offered, expected", [
+    ("pc-i440fx-10.0", ["pc-i440fx-7.2", "pc-i440fx-2.12", "pc-q35-9.0", "pc"], "pc-i440fx-7.2"),
+    ("pc-q35-10.0", ["pc-i440fx-7.2", "pc-q35-7.1", "pc-q35-7.2", "q35"], "pc-q35-7.2"),
+    ("pc-q35-10.0", ["pc-i440fx-7.2", "pc"], None),
+    ("pc", ["pc-i440fx-7.2"], None),
+    ("pc-i440fx-7.10", ["pc-i440fx-7.9", "pc-i440fx-7.10"], "pc-i440fx-7.10"),
+])
+def test_newest_machine_of_family(machine, offered, expected):
+    assert preflight.newest_machine_of_family(machine, offered) == expected
 
 
 @pytest.mark.parametrize("dom, probe, status, text", [
