@@ -163,10 +163,11 @@ def write_inventory(state: LabState) -> None:
                 "uris": {name: transports.host_uri(state, h, name) for name in transports.TRANSPORTS},
                 "address": h.address,
                 "memory_capacity_mib": h.memory_capacity_mib,
-                "stack": h.stack,
             }
             for h in state.hosts
         ],
+        # Apart from strata_lab_hosts, whose entries tests hand to modules as they are.
+        "strata_lab_host_stacks": {h.name: h.stack for h in state.hosts},
     }
     (Path(state.lab_dir) / "integration_config.yml").write_text(json.dumps(config, indent=2) + "\n")
 
