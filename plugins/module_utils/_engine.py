@@ -39,6 +39,7 @@ import datetime
 import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import DEFAULT_MAX_DOWNTIME_MS, Prediction
+from ansible_collections.strata.migration.plugins.module_utils._features import available
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
 
 # virDomainMigrateFlags (numeric, so this module imports without libvirt).
@@ -268,7 +269,8 @@ class MigrationPlan:
     once; None leaves the switch to the shaking detector. copied_disks: the
     disk targets the storage copy takes along, before memory. memory_bandwidth_mibps:
     the cap to restore for memory once the disks are in sync, when the copy of
-    several disks started with the cap shared among them.
+    several disks started with the cap shared among them. features: the pair's
+    newer features (_features.pair_features), each with whether this plan uses it.
     """
 
     strategy: str
@@ -282,6 +284,7 @@ class MigrationPlan:
     switch_after_mib: t.Optional[float] = None
     copied_disks: t.Tuple[str, ...] = ()
     memory_bandwidth_mibps: t.Optional[int] = None
+    features: t.Dict[str, t.Dict[str, t.Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def flag_names(self) -> t.List[str]:
@@ -299,6 +302,7 @@ class MigrationPlan:
             "switch_after_first_pass": self.switch_after_first_pass,
             "switch_after_mib": None if self.switch_after_mib is None else round(self.switch_after_mib, 1),
             "copied_disks": list(self.copied_disks),
+            "features": {name: dict(feature) for name, feature in self.features.items()},
         }
 
 
@@ -331,6 +335,7 @@ def plan_migration(
     hot_set_mib: t.Optional[float],
     copied_disks: t.Sequence[str] = (),
     auto_converge: t.Optional[t.Tuple[int, int]] = None,
+    features: t.Optional[t.Mapping[str, t.Mapping[str, t.Any]]] = None,
 ) -> MigrationPlan:
     """Resolve the strategy and turn it into flags, parameters and a hot-layer treatment.
 
@@ -342,6 +347,8 @@ def plan_migration(
     auto_converge: (initial, increment) throttle percentages the model sized
     from the dirty rate (_convergence.auto_converge_percents); None keeps
     AUTO_CONVERGE_INITIAL_PERCENT and AUTO_CONVERGE_INCREMENT_PERCENT.
+    features: what the pair of hosts offers (_features.pair_features); None
+    (no probe, as for a resumed post-copy) uses none of the newer features.
     """
     strategy = options.strategy
     if strategy == "auto":
@@ -367,6 +374,10 @@ def plan_migration(
     memory_bandwidth = None
     if options.bandwidth_mibps:
         params["bandwidth"] = options.bandwidth_mibps
+        if available(features, "switchover_bandwidth"):
+            # The cap is what the caller says the link gives: QEMU's own estimate of what it sent
+            # can be far lower (zero pages, a busy migration thread) and keep a converging job going.
+            params["bandwidth.avail.switchover"] = options.bandwidth_mibps
     if copied_disks:
         flags |= COPY_STORAGE_FLAGS[options.copy_storage]
         params["migrate_disks"] = list(copied_disks)
@@ -423,6 +434,11 @@ def plan_migration(
         if "xbzrle" in compression:
             xbzrle_cache = xbzrle_cache_mib(hot_set_mib, memory_mib)
             params["compression.xbzrle.cache"] = xbzrle_cache * MIB
+    used = {
+        "postcopy_preempt": bool(flags & MIGRATE_POSTCOPY),
+        "switchover_bandwidth": "bandwidth.avail.switchover" in params,
+        "multifd_compression": bool(set(compression) & {"zlib", "zstd"}) and options.parallel_connections > 1,
+    }
     return MigrationPlan(
         strategy=strategy,
         reason=reason,
@@ -435,6 +451,8 @@ def plan_migration(
         switch_after_mib=switch_after_mib,
         copied_disks=tuple(copied_disks),
         memory_bandwidth_mibps=memory_bandwidth,
+        features={name: dict(feature, used=used.get(name, False) and bool(feature["available"]))
+                  for name, feature in (features or {}).items()},
     )
 
 

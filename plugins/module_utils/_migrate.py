@@ -55,6 +55,7 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
     plan_migration,
     summarize_stats,
 )
+from ansible_collections.strata.migration.plugins.module_utils._features import HostVersions, pair_features
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
     DomainFacts,
     domain_state_name,
@@ -497,8 +498,10 @@ class _Run:
                                            paced)
         self.result["prediction"] = _prediction_dict(prediction, inputs)
         hot_set_mib = data.dirty_rate_mibps * 1.0 if data.dirty_rate_mibps is not None else None
+        features = pair_features(HostVersions(data.source.libvirt_version, data.source.hypervisor_version),
+                                 HostVersions(data.destination.libvirt_version, data.destination.hypervisor_version))
         plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib, copied,
-                              auto_converge=predicted.auto_converge)
+                              auto_converge=predicted.auto_converge, features=features)
         if copied:
             self.event("layer", layer="storage", action="plan", disks=copied, copy_storage=self.options.copy_storage,
                        disk_mib=round(_storage_copy_mib(data.disks, copied), 1))

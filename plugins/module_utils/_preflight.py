@@ -30,6 +30,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     estimate_memory_to_send,
 )
 from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
+from ansible_collections.strata.migration.plugins.module_utils._features import version_tuple
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
     DomainFacts,
     DomainNotFoundError,
@@ -351,15 +352,6 @@ def host_summary(facts: HostFacts, uri: str) -> t.Dict[str, t.Any]:
         "hypervisor_version": facts.hypervisor_version,
         "memory_available_mib": facts.memory_available_mib,
     }
-
-
-def version_tuple(version: str) -> t.Tuple[int, ...]:
-    """Turn "9.0.0" into (9, 0, 0); each part counts by its leading digits (none: 0)."""
-    parts = []
-    for part in version.split("."):
-        digits = re.match(r"\d*", part).group()
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def _active(state: t.Optional[str]) -> bool:

@@ -374,6 +374,19 @@ strategy:
       description: Targets of the disks the storage copy takes along (O(copy_storage)); empty without one.
       type: list
       elements: str
+    features:
+      description:
+        - The newer migration features, by name, decided from the libvirt and QEMU versions both hosts report (libvirt
+          has no call that lists QEMU's migration capabilities, and a parameter an older libvirt does not know fails
+          the migration). Each has C(available) (bool), C(why) (the versions it needs, or what a host lacks) and
+          C(used) (this migration uses it).
+        - V(postcopy_preempt) (libvirt 10.0 and QEMU 8.0 on both hosts) sends the pages the destination waits for
+          on a channel of their own; libvirt turns it on with post-copy. V(switchover_bandwidth) (libvirt 11.1 and
+          QEMU 8.2 on the source) makes QEMU judge the switchover at O(bandwidth_mibps), used when that is set.
+          V(multifd_compression) (libvirt 9.4 and QEMU 8.0 on both hosts) compresses parallel connections with zstd
+          or zlib, used when O(compression) names one with O(parallel_connections) above 1.
+        - Empty when resuming an interrupted post-copy migration.
+      type: dict
 prediction:
   description:
     - The convergence model's prediction for the strategy that ran, with its inputs, to set beside RV(stats).

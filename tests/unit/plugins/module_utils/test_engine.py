@@ -420,6 +420,7 @@ def test_plan_to_dict_names_flags_and_params():
         "switch_after_first_pass": False,
         "switch_after_mib": None,
         "copied_disks": [],
+        "features": {},
     }
     assert described["params"]["bandwidth"] == 50
 
