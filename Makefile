@@ -13,12 +13,15 @@ export ANSIBLE_FORCE_COLOR ?= 0
 .PHONY: demo demo-guests test venv stage lab-up lab-down clean bench
 
 # The main job: a maintenance window on hv1 of the lab. Each run records its own manifest and
-# reports under $(LAB_DIR)/demo/.
+# reports under $(LAB_DIR)/demo/. UPGRADE=trixie makes it a rolling upgrade of every host to that
+# stack (libvirt 11, QEMU 10), the VMs brought home live onto each upgraded host.
+UPGRADE ?=
 demo: venv stage demo-guests
 	@run=$(LAB_DIR)/demo/window-$$(date +%Y%m%d-%H%M%S); mkdir -p $(LAB_DIR)/demo && \
 	$(VENV)/bin/ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo_lab.yml \
 	  -e maintenance_window_manifest_path=$$run-manifest.json \
-	  -e maintenance_window_report_json=$$run-report.json -e maintenance_window_report_junit=$$run-junit.xml && \
+	  -e maintenance_window_report_json=$$run-report.json -e maintenance_window_report_junit=$$run-junit.xml \
+	  -e demo_upgrade_stack=$(UPGRADE) && \
 	echo "Manifest and reports: $$run-*"
 	@# The guests with disks wrote checksummed blocks all along: each must read them back intact.
 	@for name in demo-web1 demo-db; do \

@@ -1,4 +1,4 @@
-"""Count what `make test` ran: pytest's JUnit files, ansible-test's log, the ecosystem, integration and benchmark lists.
+"""Count what `make test` ran: pytest's JUnit files, ansible-test's logs, the ecosystem, integration and benchmark lists.
 
 Prints one line per stage and a last line `total: N passed, N failed`; exits 1 when anything
 failed or a stage ran nothing.
@@ -24,8 +24,7 @@ def junit_counts(junit: Path) -> tuple[int, int, int]:
     return total - failed - skipped, failed, skipped
 
 
-def sanity_counts(results: Path) -> tuple[int, int, int]:
-    log_path = results / "sanity.log"
+def sanity_counts(log_path: Path) -> tuple[int, int, int]:
     if not log_path.exists():
         return 0, 1, 0
     log = log_path.read_text(errors="replace")
@@ -42,6 +41,13 @@ def sanity_counts(results: Path) -> tuple[int, int, int]:
     return len(ran - failed - skipped), len(failed), len(skipped & ran)
 
 
+def core_versions() -> list[str]:
+    """The newer ansible-core versions `make test` runs on the Debian 13 controller: one requirements file each."""
+    prefix = "requirements-core-"
+    versions = [path.stem[len(prefix):] for path in Path(__file__).parent.glob(f"{prefix}*.txt")]
+    return sorted(versions, key=lambda version: [int(part) for part in version.split(".")])
+
+
 def outcome_counts(listing: Path) -> tuple[int, int, int]:
     """PASS/FAIL lines (`PASS name`); a missing or empty listing ran nothing, so it failed."""
     lines = listing.read_text().split() if listing.exists() else []
@@ -51,9 +57,16 @@ def outcome_counts(listing: Path) -> tuple[int, int, int]:
 
 def main(results: Path) -> int:
     totals = [0, 0, 0]
+    core_stages = []
+    for version in core_versions():
+        core_stages += [
+            (f"unit (ansible-core {version})", junit_counts(results / f"unit-core-{version}.xml")),
+            (f"sanity (ansible-core {version})", sanity_counts(results / f"sanity-core-{version}.log")),
+        ]
     for stage, counts in (
         ("unit", junit_counts(results / "unit.xml")),
-        ("sanity", sanity_counts(results)),
+        ("sanity", sanity_counts(results / "sanity.log")),
+        *core_stages,
         ("ecosystem", outcome_counts(results / "ecosystem.txt")),
         ("integration", outcome_counts(results / "integration.txt")),
         ("benchmark smoke", outcome_counts(results / "benchmark.txt")),

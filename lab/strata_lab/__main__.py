@@ -1,11 +1,14 @@
 """strata-lab: a multi-host libvirt lab on one machine.
 
     strata-lab deps                        install the Debian packages the lab needs
-    strata-lab up [--hosts 3] [--transport ssh] [--stack hv4=trixie ...]
+    strata-lab up [--hosts 3] [--transport ssh] [--stack hv2=trixie|all=stock ...]
                                            start the hosts (idempotent), write the inventory whose
                                            URIs use this transport (ssh, tls or tcp; every host has all);
                                            --stack runs a host on libvirt 11 / QEMU 10 from a cached root
     strata-lab stack build trixie          (re)build the cached root of a newer stack
+    strata-lab controller run [--cwd DIR] -- COMMAND...
+                                           run COMMAND on a Debian 13 controller (Python 3.13) made from
+                                           the trixie root, in an overlay that keeps what it writes
     strata-lab status                      hosts, their URIs and guests
     strata-lab guest create NAME --host hv1 [--memory-mib 256] [--workload idle]
                                            [--anti-affinity GROUP] [--pinned REASON]
@@ -15,6 +18,7 @@
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
     strata-lab host add hv4 [--stack trixie]    add one host to a running lab (the others keep running)
+    strata-lab host set-stack hv2 trixie   restart an empty host on another stack, as an upgrade would
     strata-lab host remove hv4             stop it and take it out of the lab (it must run no guest)
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
     strata-lab host start hv2              restart a killed host, taking back its running guests
@@ -28,14 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import signal
 
-from . import guests, hosts, packages, stack, storage, transports
-from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, LabError, LabState, make_host_spec
+from . import controller, guests, hosts, packages, stack, storage, transports
+from .config import DEFAULT_CACHE_DIR, DEFAULT_LAB_DIR, HostSpec, LabError, LabState, make_host_spec
 from .image import build_image
 
 LAB_TOOL = Path(__file__).resolve().parent.parent / "strata-lab"
@@ -51,22 +56,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     lab_dir: Path = args.lab_dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     image = build_image(args.cache_dir)
-    stacks = _host_stacks(args.stack, args.hosts)
-    roots = {name: stack.ensure_stack(args.cache_dir, lab_dir, name) for name in set(stacks.values())}
-    # A chrooted host sees the lab's and the cache's folders at the same paths: guests' XML names them.
-    shared_paths = (str(lab_dir.absolute()), str(args.cache_dir.absolute()))
+    stacks = _host_stacks(args.stack, args.hosts, _recorded_stacks(lab_dir))
     state = LabState(
         lab_dir=str(lab_dir),
         cache_dir=str(args.cache_dir),
         domain_type=args.domain_type,
         # With three hosts or more, the last one is the "legacy" host (see docs/lab.md).
         hosts=[
-            make_host_spec(
-                lab_dir, i, args.capacity_mib, legacy=args.hosts >= 3 and i == args.hosts,
-                stack=stacks.get(f"hv{i}", stack.STOCK),
-                stack_root=str(roots[stacks[f"hv{i}"]].root) if f"hv{i}" in stacks else "",
-                shared_paths=shared_paths if f"hv{i}" in stacks else (),
-            )
+            _host_spec(lab_dir, args.cache_dir, i, args.capacity_mib, stacks[f"hv{i}"],
+                       legacy=args.hosts >= 3 and i == args.hosts)
             for i in range(1, args.hosts + 1)
         ],
         kernel=str(image.kernel),
@@ -79,10 +77,16 @@ def cmd_up(args: argparse.Namespace) -> None:
     transports.ensure_pki(state)
     if storage.ensure_nbd_server(state):
         print(f"storage: NBD server started at nbd://{storage.NBD_ADDRESS}:{storage.NBD_PORT}")
+    running_qemu = hosts.lab_qemu_pids([state.lab_dir, state.cache_dir])
     for host in state.hosts:
         uri = transports.host_uri(state, host, state.transport)  # what the inventory names
         if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {uri}")
+        elif hosts.host_config_current(host) and not hosts.libvirtd_pids(host) and running_qemu:
+            # A libvirtd that crashed while guests ran: their QEMU lives on, and the new one takes them
+            # back, as `host start` does, instead of leaving them with no libvirtd that knows them.
+            hosts.start_host(host, keep_running=True)
+            print(f"{host.name}: restarted at {uri}, its running guests kept")
         else:
             hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
             hosts.start_host(host)
@@ -92,24 +96,48 @@ def cmd_up(args: argparse.Namespace) -> None:
     print(f"inventory: {lab_dir / 'inventory.yml'}")
 
 
-def _host_stacks(requests: list[str], host_count: int) -> dict[str, str]:
-    """{host: stack} from --stack HOST=STACK words; hosts not named run the stock stack."""
-    stacks = {}
+def _host_stacks(requests: list[str] | None, host_count: int, recorded: dict[str, str]) -> dict[str, str]:
+    """{host: stack} for hv1..hvN from --stack HOST=STACK (or all=STACK) words; a host not named keeps
+    the stack it ran before (an upgraded host stays upgraded), else runs the stock one."""
+    stacks = {f"hv{i}": recorded.get(f"hv{i}", stack.STOCK) for i in range(1, host_count + 1)}
     for word in requests or []:
         host, _sep, name = word.partition("=")
-        if not name or not host.startswith("hv") or not host[2:].isdigit() or not 1 <= int(host[2:]) <= host_count:
-            raise LabError(f"--stack {word!r}: expected HOST=STACK with HOST one of hv1..hv{host_count}")
+        if not name or (host != "all" and host not in stacks):
+            raise LabError(f"--stack {word!r}: expected HOST=STACK with HOST one of hv1..hv{host_count} or all")
         stack.check_stack(name)
-        if name != stack.STOCK:
-            stacks[host] = name
+        for key in stacks if host == "all" else [host]:
+            stacks[key] = name
     return stacks
+
+
+def _recorded_stacks(lab_dir: Path) -> dict[str, str]:
+    try:
+        return {host.name: host.stack for host in LabState.load(lab_dir).hosts}
+    except LabError:
+        return {}
+
+
+def _host_spec(lab_dir: Path, cache_dir: Path, index: int, capacity_mib: int, stack_name: str,
+               legacy: bool = False) -> HostSpec:
+    """Host hvINDEX on the named stack; a stack other than the stock one is restored from the cache first."""
+    root = stack.ensure_stack(cache_dir, lab_dir, stack_name) if stack_name != stack.STOCK else None
+    return make_host_spec(
+        lab_dir, index, capacity_mib, legacy=legacy, stack=stack_name, stack_root=str(root.root) if root else "",
+        # A chrooted host sees the lab's and the cache's folders at the same paths: guests' XML names them.
+        shared_paths=(str(lab_dir.absolute()), str(cache_dir.absolute())) if root else (),
+    )
+
+
+def cmd_controller_run(args: argparse.Namespace) -> int:
+    return controller.run_in_controller(args.cache_dir, args.lab_dir, args.command, args.cwd, args.timeout_s)
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
     stack.check_stack(args.name)
     if args.name == stack.STOCK:
         raise LabError("the stock stack is the machine's own libvirt: there is nothing to build")
-    print(json.dumps(stack.build_stack(args.cache_dir, args.name), indent=2))
+    with stack.build_lock(args.cache_dir):
+        print(json.dumps(stack.build_stack(args.cache_dir, args.name), indent=2))
 
 
 def _stop_surplus_hosts(lab_dir: Path, state: LabState) -> None:
@@ -234,30 +262,52 @@ def _start_and_list(state: LabState, host) -> None:
 
 def cmd_host_add(args: argparse.Namespace) -> None:
     state = LabState.load(args.lab_dir)
-    _host_stacks([f"{args.name}={args.stack}"], 8)  # checks the name: hv1..hv8
     name = args.name
+    if not re.fullmatch(r"hv[1-8]", name):
+        raise LabError(f"host name {name!r}: expected one of hv1..hv8")
     existing = next((h for h in state.hosts if h.name == name), None)
     if existing is not None:
         if existing.stack != args.stack:
-            raise LabError(f"{name} already runs the {existing.stack} stack: `host remove {name}` first")
+            raise LabError(f"{name} already runs the {existing.stack} stack: `host set-stack {name} {args.stack}` "
+                           "changes it")
         changed = not hosts.host_is_up(existing)
         if changed:
             _start_and_list(state, existing)
         print(json.dumps({"host": name, "stack": existing.stack, "uri": transports.host_uri(state, existing, state.transport),
                           "changed": changed}))
         return
-    lab_dir, cache_dir = Path(state.lab_dir), Path(state.cache_dir)
-    root = stack.ensure_stack(cache_dir, lab_dir, args.stack) if args.stack != stack.STOCK else None
-    host = make_host_spec(
-        lab_dir, int(name[2:]), state.hosts[0].memory_capacity_mib if state.hosts else 3072,
-        stack=args.stack, stack_root=str(root.root) if root else "",
-        shared_paths=(str(lab_dir.absolute()), str(cache_dir.absolute())) if root else (),
-    )
+    host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), int(name[2:]),
+                      state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack)
     state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
     state.save()
     _start_and_list(state, host)
     print(json.dumps({"host": name, "stack": host.stack, "uri": transports.host_uri(state, host, state.transport),
                       "changed": True}))
+
+
+def cmd_host_set_stack(args: argparse.Namespace) -> None:
+    """Restart an empty host on another stack, as an upgrade of its hypervisor packages would.
+
+    Its persistent guests, networks and pools stay defined; a host still running a guest is refused,
+    since a stop would take the guest down."""
+    state = LabState.load(args.lab_dir)
+    host = state.host(args.name)
+    stack.check_stack(args.stack)
+    up = hosts.host_is_up(host)
+    if host.stack == args.stack and up and hosts.host_config_current(host):
+        print(json.dumps({"host": host.name, "stack": host.stack, "changed": False}))
+        return
+    if up:
+        running = hosts.virsh(host.uri, "list", "--name", check=False).split()
+        if running:
+            raise LabError(f"{host.name} still runs {', '.join(running)}: move them away before changing its stack")
+    new_host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), host.index, host.memory_capacity_mib, args.stack,
+                          legacy=bool(host.cpu_models_missing))
+    hosts.stop_host(host)
+    state.hosts = [new_host if h.name == host.name else h for h in state.hosts]
+    state.save()
+    _start_and_list(state, new_host)
+    print(json.dumps({"host": host.name, "stack": new_host.stack, "previous_stack": host.stack, "changed": True}))
 
 
 def cmd_host_remove(args: argparse.Namespace) -> None:
@@ -320,6 +370,7 @@ def cmd_guest(args: argparse.Namespace) -> None:
             cpu_model=args.cpu_model,
             anti_affinity_group=args.anti_affinity,
             pinned_reason=args.pinned,
+            machine=args.machine,
         )
         print(json.dumps(guests.create_guest(state, args.host, spec, wait=not args.no_wait, timeout_s=args.timeout_s)))
     elif args.guest_command == "check-disk":
@@ -351,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--stack", action="append", metavar="HOST=STACK",
-        help="run HOST on another libvirt/QEMU stack (%s; default stock, the machine's own)"
+        help="run HOST (or all) on another libvirt/QEMU stack (%s); a host not named keeps the stack it ran, "
+        "at first stock, the machine's own"
         % ", ".join(stack.known_stacks()),
     )
     up.set_defaults(func=cmd_up)
@@ -359,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     build = stack_parser.add_parser("build", help="(re)build a stack's cached root")
     build.add_argument("name", choices=[n for n in stack.known_stacks() if n != stack.STOCK])
     build.set_defaults(func=cmd_stack)
+    controller_parser = sub.add_parser(
+        "controller", help="a Debian 13 controller (Python 3.13) from the trixie root"
+    ).add_subparsers(dest="verb", required=True)
+    run = controller_parser.add_parser(
+        "run", help="run a command in it (no standard input); exits with the command's status"
+    )
+    run.add_argument("--cwd", type=Path, default=Path.cwd(),
+                     help="folder to run in: the checkout, the lab's or the cache's (default: this one)")
+    run.add_argument("--timeout-s", type=float, default=controller.RUN_TIMEOUT_S)
+    run.add_argument("command", nargs="+", metavar="COMMAND", help="after --: the command and its arguments")
+    run.set_defaults(func=cmd_controller_run)
     status = sub.add_parser("status", help="show hosts and guests")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
@@ -392,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--pinned", metavar="REASON", help="pin the guest to its host (the reason), in the domain metadata"
     )
+    create.add_argument(
+        "--machine", default="pc", help="machine type (default pc, the host QEMU's newest i440fx; e.g. pc-i440fx-7.2)"
+    )
     create.add_argument("--no-wait", action="store_true", help="do not wait for the guest's userspace")
     create.add_argument("--timeout-s", type=float, default=90)
     create.add_argument(
@@ -419,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--stack", default=stack.STOCK, choices=stack.known_stacks())
     add.set_defaults(func=cmd_host_add)
+    set_stack = host_sub.add_parser(
+        "set-stack", help="restart an empty host on another stack, as an upgrade would (its definitions stay)"
+    )
+    set_stack.add_argument("name")
+    set_stack.add_argument("stack", choices=stack.known_stacks())
+    set_stack.set_defaults(func=cmd_host_set_stack)
     remove = host_sub.add_parser("remove", help="stop one host and take it out of the lab")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_host_remove)
@@ -443,11 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        # Commands that run another one (controller run) return its exit status; the rest return None.
+        status = args.func(args)
     except LabError as exc:
         print(f"strata-lab: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

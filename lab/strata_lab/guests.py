@@ -39,6 +39,9 @@ class GuestSpec:
     cpu_model: str = "qemu64"
     anti_affinity_group: str | None = None
     pinned_reason: str | None = None
+    # "pc" is the newest i440fx type of the QEMU that starts the guest; a versioned one such as
+    # pc-i440fx-7.2 lets a guest started on QEMU 10 move to QEMU 7.2.
+    machine: str = "pc"
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -47,6 +50,8 @@ class GuestSpec:
             raise LabError(f"guest {self.name}: memory_mib {self.memory_mib} is outside 64..8192")
         if not 1 <= self.vcpus <= 4:
             raise LabError(f"guest {self.name}: vcpus {self.vcpus} is outside 1..4")
+        if not _NAME_RE.match(self.machine):
+            raise LabError(f"guest {self.name}: machine type {self.machine!r} is not a plain name")
         if not _WORKLOAD_RE.match(self.workload):
             raise LabError(f"guest {self.name}: workload {self.workload!r} has characters other than a-z 0-9 : ,")
         if self.network is not None and not _NAME_RE.match(self.network):
@@ -99,7 +104,7 @@ def domain_xml(state: LabState, guest: GuestSpec, disk_xml: str = "") -> str:
   <currentMemory unit='MiB'>{guest.memory_mib}</currentMemory>
   <vcpu>{guest.vcpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine={quoteattr(guest.machine)}>hvm</type>
     <kernel>{escape(state.kernel)}</kernel>
     <initrd>{escape(state.initrd)}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>

@@ -106,10 +106,13 @@ def _write_legacy_cpu_map(host: HostSpec) -> None:
     shutil.copytree(Path(host.stack_root or "/") / SYSTEM_CPU_MAP.relative_to("/"), target)
     index = target / "index.xml"
     lines = index.read_text().splitlines(keepends=True)
-    dropped = {f"x86_{model}.xml" for model in host.cpu_models_missing}
+    # With its variants: libvirt 11's versioned models (Westmere-v1) name the base model as their
+    # ancestor, and one model whose ancestor is missing disables every CPU model of the host.
+    dropped = {path.name for model in host.cpu_models_missing
+               for path in [*target.glob(f"x86_{model}.xml"), *target.glob(f"x86_{model}-*.xml")]}
     index.write_text("".join(line for line in lines if not any(f"'{name}'" in line for name in dropped)))
     for name in dropped:
-        (target / name).unlink(missing_ok=True)
+        (target / name).unlink()
 
 
 def bridge_name(host: HostSpec, network: str) -> str:
@@ -179,10 +182,7 @@ def define_from_xml(uri: str, command: str, xml: str) -> None:
 
 def _private_mounts(host: HostSpec, prefix: str) -> str:
     """Shell words binding the host's private folders (and cpu_map, /etc/hosts, the small pool) under prefix."""
-    mounts = [
-        f"mkdir -p {prefix}{target} && mount --bind {host.private_dir(key)} {prefix}{target}"
-        for key, target in PRIVATE_DIRS.items()
-    ]
+    mounts = _private_dir_binds(host, prefix)
     if host.cpu_models_missing:
         mounts.append(f"mount --bind {Path(host.root) / 'cpu_map'} {prefix}{SYSTEM_CPU_MAP}")
     mounts += [
@@ -211,10 +211,15 @@ def _stack_mounts(host: HostSpec) -> str:
     for path in host.shared_paths:
         words.append(f"mkdir -p {root}{path} && mount --bind {path} {root}{path}")
     # The small pool's tmpfs is mounted inside the root only: the chrooted libvirtd is the one that uses it.
-    inside = _private_mounts(host, root)
-    for key, target in PRIVATE_DIRS.items():
-        words.append(f"mkdir -p {target} && mount --bind {host.private_dir(key)} {target}")
-    return "; ".join(words) + "; " + inside
+    words += _private_dir_binds(host, "")
+    return "; ".join(words) + "; " + _private_mounts(host, root)
+
+
+def _private_dir_binds(host: HostSpec, prefix: str) -> list[str]:
+    return [
+        f"mkdir -p {prefix}{target} && mount --bind {host.private_dir(key)} {prefix}{target}"
+        for key, target in PRIVATE_DIRS.items()
+    ]
 
 
 def _start_script(host: HostSpec) -> str:

@@ -9,6 +9,7 @@ seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .config import LabError
 from .packages import ensure_packages
@@ -34,6 +36,15 @@ STACK_PACKAGES = (
     "qemu-system-x86",
     # A peer-to-peer migration from this host reaches the destination's libvirtd over ssh itself.
     "openssh-client",
+    # The same root is the Debian 13 controller (controller.py): Python 3.13 for ansible-core 2.20 and
+    # later, virtualenvs, Debian's libvirt binding for them, git, which ansible-test lists files with,
+    # and procps, whose kill and ps the tests use (minbase has neither).
+    "python3",
+    "python3-venv",
+    "python3-libvirt",
+    "ca-certificates",
+    "git",
+    "procps",
 )
 # Packages whose versions name the root (the rest follows from them).
 VERSIONED_PACKAGES = ("libvirt-daemon", "qemu-system-x86")
@@ -112,6 +123,15 @@ def _build_root(name: str, root: Path) -> None:
         subprocess.run(["umount", "-l", str(proc)], capture_output=True, check=False)
 
 
+@contextlib.contextmanager
+def build_lock(cache_dir: Path) -> Iterator[None]:
+    """Held while a root is built: two builds at once would each pay for it, and the last would win."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".stack-lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_stack(cache_dir: Path, name: str) -> dict:
     """Build the stack's root and store it as a tarball in the cache; return its manifest."""
     ensure_packages(TOOL_PACKAGES)
@@ -153,17 +173,16 @@ def ensure_stack(cache_dir: Path, lab_dir: Path, name: str) -> StackRoot:
     check_stack(name)
     if name == STOCK:
         raise LabError("the stock stack is the machine's own libvirt: it has no root")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".stack-lock", "w") as lock:
-        # Two labs building the same root at once would each pay for it.
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(cache_dir):
         manifest = _cached_manifest(cache_dir, name) or build_stack(cache_dir, name)
     root = lab_dir / "stacks" / name
     stamp = root.parent / f"{name}.restored"
     if not (stamp.exists() and stamp.read_text() == manifest["tarball"] and (root / "usr/sbin/libvirtd").exists()):
         ensure_packages(TOOL_PACKAGES)
-        if _is_mount_point(root):
-            raise LabError(f"the {name} root {root} is in use (a lab host runs from it): run `strata-lab down` first")
+        users = _processes_rooted_in(root)
+        if users:
+            raise LabError(f"the {name} root {root} is in use (processes {users} run in it, a lab host's "
+                           "libvirtd among them): run `strata-lab down` first")
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         _run(["tar", "--zstd", "-C", str(root), "-xf", str(cache_dir / "stacks" / manifest["tarball"])],
@@ -172,5 +191,14 @@ def ensure_stack(cache_dir: Path, lab_dir: Path, name: str) -> StackRoot:
     return StackRoot(name=name, root=root, versions=manifest["versions"])
 
 
-def _is_mount_point(path: Path) -> bool:
-    return path.exists() and os.path.ismount(path)
+def _processes_rooted_in(root: Path) -> list[int]:
+    """Processes chrooted into root (a lab host's libvirtd and its QEMUs); its bind mounts live in the
+    hosts' private mount namespaces, invisible from here, but /proc/PID/root names the folder."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "root") == str(root):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return sorted(pids)
