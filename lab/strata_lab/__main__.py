@@ -71,18 +71,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         initrd=str(image.initrd),
         transport=args.transport,
     )
+    for host in state.hosts:  # before anything changes
+        if not hosts.libvirtd_pids(host) and hosts.guest_qemu_pids(host) and not hosts.host_config_current(host):
+            _refuse_orphaning(host)
     _stop_surplus_hosts(lab_dir, state)
     state.save()
     transports.ensure_ssh(state)
     transports.ensure_pki(state)
     if storage.ensure_nbd_server(state):
         print(f"storage: NBD server started at nbd://{storage.NBD_ADDRESS}:{storage.NBD_PORT}")
-    running_qemu = hosts.lab_qemu_pids([state.lab_dir, state.cache_dir])
     for host in state.hosts:
         uri = transports.host_uri(state, host, state.transport)  # what the inventory names
         if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {uri}")
-        elif hosts.host_config_current(host) and not hosts.libvirtd_pids(host) and running_qemu:
+        elif not hosts.libvirtd_pids(host) and hosts.guest_qemu_pids(host):
             # A libvirtd that crashed while guests ran: their QEMU lives on, and the new one takes them
             # back, as `host start` does, instead of leaving them with no libvirtd that knows them.
             hosts.start_host(host, keep_running=True)
@@ -94,6 +96,14 @@ def cmd_up(args: argparse.Namespace) -> None:
         hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
     print(f"inventory: {lab_dir / 'inventory.yml'}")
+
+
+def _refuse_orphaning(host: HostSpec) -> None:
+    """A host whose libvirtd is gone while its guests' QEMU runs cannot change its stack or settings:
+    stopping it could not stop them, and a new libvirtd would not know them (started again, a guest
+    would run twice on its disk)."""
+    raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {hosts.guest_qemu_pids(host)}): "
+                   f"`strata-lab host start {host.name}` takes them back; move them away before changing its stack")
 
 
 def _host_stacks(requests: list[str] | None, host_count: int, recorded: dict[str, str]) -> dict[str, str]:
@@ -301,6 +311,8 @@ def cmd_host_set_stack(args: argparse.Namespace) -> None:
         running = hosts.virsh(host.uri, "list", "--name", check=False).split()
         if running:
             raise LabError(f"{host.name} still runs {', '.join(running)}: move them away before changing its stack")
+    elif hosts.guest_qemu_pids(host):
+        _refuse_orphaning(host)
     new_host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), host.index, host.memory_capacity_mib, args.stack,
                           legacy=bool(host.cpu_models_missing))
     hosts.stop_host(host)

@@ -382,6 +382,21 @@ def _processes() -> list[tuple[int, list[str]]]:
     return found
 
 
+def guest_qemu_pids(host: HostSpec) -> list[int]:
+    """The QEMU processes of the host's running guests, from the pid files libvirtd keeps in the host's
+    private run folder: they are there whether or not that libvirtd still runs."""
+    pids = []
+    for pid_file in (host.private_dir("run") / "qemu").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except (OSError, ValueError):  # libvirtd's own pid file, or a guest gone meanwhile
+            continue
+        if b"qemu-system" in command:
+            pids.append(pid)
+    return sorted(pids)
+
+
 def host_is_up(host: HostSpec) -> bool:
     processes = _processes()
     return bool(libvirtd_pids(host, processes)) and bool(transports.sshd_pids(host, processes)) and virsh_ok(host.uri)

@@ -195,9 +195,10 @@ def _processes_rooted_in(root: Path) -> list[int]:
     """Processes chrooted into root (a lab host's libvirtd and its QEMUs); its bind mounts live in the
     hosts' private mount namespaces, invisible from here, but /proc/PID/root names the folder."""
     pids = []
+    wanted = os.path.realpath(root)
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and os.readlink(entry / "root") == str(root):
+            if entry.name.isdigit() and os.readlink(entry / "root") == wanted:
                 pids.append(int(entry.name))
         except OSError:  # gone meanwhile, or not ours to read
             continue

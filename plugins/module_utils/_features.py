@@ -58,20 +58,16 @@ FEATURES = (
     ),
     Feature(
         "switchover_bandwidth",
-        "QEMU judges whether the rest fits the downtime at the bandwidth the engine gives (bandwidth_mibps) instead "
-        "of its own estimate of what it sent (libvirt's bandwidth.avail.switchover)",
+        "QEMU judges whether the rest fits the downtime at the bandwidth the caller guarantees "
+        "(switchover_bandwidth_mibps) instead of its own estimate of what it sent (libvirt's bandwidth.avail.switchover)",
         "11.1.0", "8.2.0", both_sides=False,
     ),
     Feature(
         "multifd_compression",
         "zstd or zlib compression of parallel connections (compression with parallel_connections > 1)",
-        "9.4.0", "8.0.0", both_sides=True,
+        "9.4.0", "5.0.0", both_sides=True,
     ),
 )
-# libvirt's dirty-rate modes other than page sampling read the guest's dirty bitmap, which under
-# TCG counts nothing on QEMU 10 (0 MiB/s for a guest rewriting 8-20 MiB/s) and crashed the guest on
-# QEMU 7.2 (both seen on the lab); the KVM dirty ring needs KVM. Page sampling works on every version.
-DIRTY_RATE_MODE = "page-sampling"
 
 
 def _missing(feature: Feature, side: str, host: HostVersions) -> t.List[str]:
@@ -90,10 +86,10 @@ def pair_features(source: HostVersions, destination: HostVersions) -> t.Dict[str
         missing = _missing(feature, "source", source)
         if feature.both_sides:
             missing += _missing(feature, "destination", destination)
-        sides = "both hosts" if feature.both_sides else "the source"
+        sides = "both hosts run" if feature.both_sides else "the source runs"
         features[feature.name] = {
             "available": not missing,
-            "why": ("%s run(s) libvirt >= %s and QEMU >= %s" % (sides, feature.min_libvirt, feature.min_qemu)
+            "why": ("%s libvirt >= %s and QEMU >= %s" % (sides, feature.min_libvirt, feature.min_qemu)
                     if not missing else "; ".join(missing)),
         }
     return features

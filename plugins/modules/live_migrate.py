@@ -99,6 +99,16 @@ options:
         setting (unlimited by default).
     type: int
     default: 0
+  switchover_bandwidth_mibps:
+    description:
+      - The bandwidth in MiB/s the link guarantees for the final phase. QEMU then judges whether the rest fits
+        O(max_downtime_ms) at that bandwidth instead of at its own estimate of what it sent, which zero pages or a
+        busy migration thread can make far lower, keeping a job going that could end.
+      - Give only what the link really delivers, not a cap above it; judged at more, the pause overruns its target.
+      - Passed where the source runs libvirt 11.1 and QEMU 8.2 or newer (libvirt's C(bandwidth.avail.switchover));
+        elsewhere it is left out and RV(strategy.features) says why. V(0) leaves QEMU's estimate.
+    type: int
+    default: 0
   timeout_s:
     description:
       - Bound on the whole migration job in seconds; reaching it before post-copy aborts the job and the domain
@@ -381,10 +391,11 @@ strategy:
           the migration). Each has C(available) (bool), C(why) (the versions it needs, or what a host lacks) and
           C(used) (this migration uses it).
         - V(postcopy_preempt) (libvirt 10.0 and QEMU 8.0 on both hosts) sends the pages the destination waits for
-          on a channel of their own; libvirt turns it on with post-copy. V(switchover_bandwidth) (libvirt 11.1 and
-          QEMU 8.2 on the source) makes QEMU judge the switchover at O(bandwidth_mibps), used when that is set.
-          V(multifd_compression) (libvirt 9.4 and QEMU 8.0 on both hosts) compresses parallel connections with zstd
-          or zlib, used when O(compression) names one with O(parallel_connections) above 1.
+          on a channel of their own; libvirt turns it on with post-copy, so it is used with post-copy where offered.
+          V(switchover_bandwidth) (libvirt 11.1 and QEMU 8.2 on the source) makes QEMU judge the switchover at
+          O(switchover_bandwidth_mibps), used when that is set and offered. V(multifd_compression) (libvirt 9.4 and
+          QEMU 5.0 on both hosts) compresses parallel connections with zstd or zlib, used when O(compression) names
+          one with O(parallel_connections) above 1; libvirt refuses it where it is not offered.
         - Empty when resuming an interrupted post-copy migration.
       type: dict
 prediction:
@@ -552,6 +563,7 @@ def main() -> None:
             "strategy": {"type": "str", "default": "auto", "choices": list(STRATEGY_CHOICES)},
             "max_downtime_ms": {"type": "int", "default": 300},
             "bandwidth_mibps": {"type": "int", "default": 0},
+            "switchover_bandwidth_mibps": {"type": "int", "default": 0},
             "timeout_s": {"type": "int", "default": 600},
             "stall_timeout_s": {"type": "int", "default": 30},
             "max_transfer_ratio": {"type": "float", "default": DEFAULT_MAX_TRANSFER_RATIO},
@@ -585,6 +597,7 @@ def main() -> None:
             strategy=params["strategy"],
             max_downtime_ms=params["max_downtime_ms"],
             bandwidth_mibps=params["bandwidth_mibps"],
+            switchover_bandwidth_mibps=params["switchover_bandwidth_mibps"],
             timeout_s=params["timeout_s"],
             allow_postcopy=params["allow_postcopy"],
             parallel_connections=params["parallel_connections"],

@@ -10,6 +10,7 @@ import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     MIGRATE_PARALLEL,
+    MigrationError,
     engine_options,
     plan_migration,
 )
@@ -63,24 +64,36 @@ def test_unknown_versions_offer_nothing():
     assert "libvirt unknown" in features["switchover_bandwidth"]["why"]
 
 
-def test_plan_gives_the_cap_as_switchover_bandwidth_where_the_source_has_it():
-    options = engine_options(bandwidth_mibps=60)
+def test_plan_passes_the_guaranteed_switchover_bandwidth_where_the_source_has_it():
+    options = engine_options(bandwidth_mibps=60, switchover_bandwidth_mibps=100)
     new = plan_migration(options, None, 256, None, features=pair_features(NEW, OLD))
     old = plan_migration(options, None, 256, None, features=pair_features(OLD, NEW))
-    assert new.params["bandwidth.avail.switchover"] == 60
+    assert new.params["bandwidth.avail.switchover"] == 100
+    assert new.params["bandwidth"] == 60
     assert new.features["switchover_bandwidth"]["used"]
     assert "bandwidth.avail.switchover" not in old.params
     assert not old.features["switchover_bandwidth"]["used"]
+    assert "libvirt 9.0.0 (needs 11.1.0)" in old.features["switchover_bandwidth"]["why"]
 
 
-def test_plan_without_a_cap_or_a_probe_uses_no_newer_feature():
-    uncapped = plan_migration(engine_options(), None, 256, None, features=pair_features(NEW, NEW))
-    assert "bandwidth.avail.switchover" not in uncapped.params
-    assert not uncapped.features["switchover_bandwidth"]["used"]
-    unprobed = plan_migration(engine_options(bandwidth_mibps=60, allow_postcopy=True), None, 256, None)
+def test_a_cap_alone_is_no_switchover_bandwidth():
+    # A cap is an upper bound: a switchover judged at it on a slower link would overrun the downtime.
+    capped = plan_migration(engine_options(bandwidth_mibps=60), None, 256, None, features=pair_features(NEW, NEW))
+    assert "bandwidth.avail.switchover" not in capped.params
+    assert capped.features["switchover_bandwidth"] == dict(pair_features(NEW, NEW)["switchover_bandwidth"],
+                                                           used=False)
+
+
+def test_without_a_probe_no_newer_feature_is_used():
+    unprobed = plan_migration(engine_options(switchover_bandwidth_mibps=100, allow_postcopy=True), None, 256, None)
     assert "bandwidth.avail.switchover" not in unprobed.params
     assert unprobed.features == {}
     assert unprobed.to_dict()["features"] == {}
+
+
+def test_switchover_bandwidth_must_not_be_negative():
+    with pytest.raises(MigrationError, match="switchover_bandwidth_mibps must be at least 0"):
+        engine_options(switchover_bandwidth_mibps=-1)
 
 
 def test_plan_reports_preempt_used_only_with_postcopy_on_a_pair_that_has_it():
@@ -101,3 +114,8 @@ def test_plan_reports_multifd_compression_used_with_zstd_over_parallel_connectio
     assert plan.features["multifd_compression"]["used"]
     single = plan_migration(engine_options(compression=["zstd"]), None, 256, None, features=pair_features(NEW, NEW))
     assert not single.features["multifd_compression"]["used"]
+    # Asked for on a pair without it: reported as used, with what is missing (libvirt then refuses it).
+    old = plan_migration(options, None, 256, None, features=pair_features(OLD, OLD))
+    assert old.features["multifd_compression"]["used"]
+    assert not old.features["multifd_compression"]["available"]
+    assert "libvirt 9.0.0 (needs 9.4.0)" in old.features["multifd_compression"]["why"]
