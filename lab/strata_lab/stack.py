@@ -34,6 +34,8 @@ STACK_PACKAGES = (
     "libvirt-daemon-driver-storage",
     "libvirt-clients",
     "qemu-system-x86",
+    # qemu-img: libvirt creates the destination's qcow2 volume of a storage copy with it.
+    "qemu-utils",
     # A peer-to-peer migration from this host reaches the destination's libvirtd over ssh itself.
     "openssh-client",
     # The same root is the Debian 13 controller (controller.py): Python 3.13 for ansible-core 2.20 and
