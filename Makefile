@@ -79,11 +79,17 @@ demo-guests: lab-up
 	done
 
 # The engine against plain libvirt migration (benchmarks/results/live_migrate.*), then a move with
-# a storage copy against plain virsh (benchmarks/results/storage.*); the benchmarks import the
-# collection from this checkout (labkit.use_collection), so nothing is staged.
-# A smoke run: make bench BENCH_ARGS=--quick (results under benchmarks/results/tmp/).
-bench: venv lab-up
+# a storage copy against plain virsh (benchmarks/results/storage.*), then incompressible shaking
+# pages (benchmarks/results/shaking.*); the benchmarks import the collection from this checkout
+# (labkit.use_collection), so nothing is staged. They run on the lab's hosts of BENCH_STACK: stock
+# (the machine's libvirt and QEMU, results in benchmarks/results/) or trixie (libvirt 11, QEMU 10,
+# results in benchmarks/results/trixie/). Changing the stack stops the lab's running guests.
+# A smoke run: make bench BENCH_ARGS=--quick (results in a tmp/ folder beside them).
+BENCH_STACK ?= stock
+BENCH_OUT := benchmarks/results$(if $(filter-out stock,$(BENCH_STACK)),/$(BENCH_STACK))
+bench: venv
+	$(LAB) up --stack all=$(BENCH_STACK)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
-	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/storage_benchmark.py $(BENCH_ARGS)
-	$(VENV)/bin/python benchmarks/shaking_benchmark.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/storage_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/shaking_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)

@@ -85,25 +85,29 @@ def use_collection() -> None:
 
 
 def environment(src_uri: str, dst_uri: str) -> t.Dict[str, t.Any]:
-    """Versions, machine, load and the other guests running on the two hosts, for a results file."""
+    """Versions of both hosts, the newer migration features the pair offers, machine, load and the other
+    guests running on the two hosts, for a results file. libvirt and qemu at the top are the source's."""
     import libvirt  # pylint: disable=import-outside-toplevel
 
     use_collection()
     # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.strata.migration.plugins.module_utils._features import HostVersions, pair_features
+    # pylint: disable-next=import-outside-toplevel
     from ansible_collections.strata.migration.plugins.module_utils._inventory import format_version
 
     others = {}
-    versions = {}
-    for uri in (src_uri, dst_uri):
+    hosts = {}
+    for side, uri in (("source", src_uri), ("destination", dst_uri)):
         conn = libvirt.open(uri)
         try:
-            versions.setdefault("libvirt", format_version(conn.getLibVersion()))
-            versions.setdefault("qemu", format_version(conn.getVersion()))
+            hosts[side] = {"libvirt": format_version(conn.getLibVersion()), "qemu": format_version(conn.getVersion())}
             others[uri] = sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
         finally:
             conn.close()
     return dict(
-        versions,
+        hosts["source"],
+        hosts=hosts,
+        pair_features=pair_features(HostVersions(**hosts["source"]), HostVersions(**hosts["destination"])),
         python=platform.python_version(),
         machine=platform.machine(),
         cpus=os.cpu_count(),
@@ -111,6 +115,24 @@ def environment(src_uri: str, dst_uri: str) -> t.Dict[str, t.Any]:
         other_guests_running=others,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def features_used(result: t.Mapping[str, t.Any]) -> t.List[str]:
+    """The newer features (_features.FEATURES) an engine result says its migration used."""
+    features = (result.get("strategy") or {}).get("features") or {}
+    return sorted(name for name, feature in features.items() if feature.get("used"))
+
+
+def features_lines(env: t.Mapping[str, t.Any]) -> t.List[str]:
+    """The results' section on the pair's newer migration features: available or not, and why."""
+    features = env.get("pair_features") or {}
+    lines = ["## Newer migration features of this pair", "",
+             "What the engine may use from both hosts' versions (`strategy.features` of its result); the tables "
+             "above say which each engine run used.", "",
+             "| feature | available | why |", "|---|---|---|"]
+    for name, feature in sorted(features.items()):
+        lines.append("| %s | %s | %s |" % (name, "yes" if feature["available"] else "no", feature["why"]))
+    return lines if features else []
 
 
 def median(values: t.Iterable[t.Optional[float]]) -> t.Optional[float]:
@@ -127,10 +149,16 @@ def fmt(value: t.Optional[float], pattern: str = "%.0f") -> str:
 def environment_sentence(env: t.Mapping[str, t.Any]) -> str:
     """The results' environment line, from environment()."""
     others = ", ".join(n for names in env["other_guests_running"].values() for n in names) or "none"
+    hosts = env.get("hosts") or {}
+    destination = hosts.get("destination") or {}
+    versions = "libvirt %s, QEMU %s" % (env["libvirt"], env["qemu"])
+    if destination and destination != hosts.get("source"):
+        versions = "source libvirt %s, QEMU %s; destination libvirt %s, QEMU %s" % (
+            env["libvirt"], env["qemu"], destination["libvirt"], destination["qemu"])
     return (
-        "Environment: libvirt %s, QEMU %s, TCG guests on %d CPUs shared with the other lab guests running at the "
+        "Environment: %s, TCG guests on %d CPUs shared with the other lab guests running at the "
         "time (%s), load average %s at the start, loopback network. Times vary with that load; bytes sent vary "
-        "less." % (env["libvirt"], env["qemu"], env["cpus"], others, " ".join(str(v) for v in env["load_average"]))
+        "less." % (versions, env["cpus"], others, " ".join(str(v) for v in env["load_average"]))
     )
 
 
@@ -166,11 +194,18 @@ def settle_migration_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     runs = 1 if args.quick else args.runs
     if args.bound_s is None:
         args.bound_s = args.quick_bound_s if args.quick else args.default_bound_s
-    if args.quick and args.out_dir == args.results:
-        args.out_dir = args.results / "tmp"  # a smoke run never replaces the committed results
+    args.out_dir = smoke_out_dir(args.out_dir, args.results, args.quick)
     if runs < 1 or args.bound_s < 1 or args.bandwidth_mibps < 1:
         parser.error("--runs, --bound-s and --bandwidth-mibps must be at least 1")
     return runs
+
+
+def smoke_out_dir(out_dir: Path, results: Path, quick: bool) -> Path:
+    """Where a run writes: a smoke run (quick) aimed at the committed results (results/ or a stack's
+    folder in it, such as results/trixie/) writes to tmp/ beside them instead, never over them."""
+    if quick and (out_dir.resolve() == results.resolve() or results.resolve() in out_dir.resolve().parents):
+        return out_dir / "tmp"
+    return out_dir
 
 
 def command_line(script: str, argv: t.Optional[t.Sequence[str]]) -> str:

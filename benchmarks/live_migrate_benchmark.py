@@ -212,6 +212,7 @@ def run_engine(
         "hot_layer": plan.get("hot_layer"),
         "strategy_reason": plan.get("reason"),
         "flags": plan.get("flags"),
+        "features_used": labkit.features_used(result),
         "iterations": stats.get("iterations"),
         "stats_sources": stats.get("sources"),
         "shaking": [s.get("rule") for s in result.get("shaking") or []],
@@ -288,6 +289,7 @@ def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]], cases: t.Sequence
                 "runs_completed": sum(1 for r in runs if r["completed"]),
                 "strategies": sorted({r["strategy"] for r in runs if r.get("strategy")}),
                 "hot_layers": sorted({r["hot_layer"] for r in runs if r.get("hot_layer")}),
+                "features_used": sorted({name for r in runs for name in r.get("features_used") or []}),
                 "medians": medians,
                 "ratio_to_baseline": ratios,
                 "runs": list(runs),
@@ -429,23 +431,25 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
         "sample before the end, and there is no downtime figure. Floor = used memory / bandwidth: the shortest "
         "job that sends the guest's used memory once.",
         "",
-        "| case | method | strategy (hot layer) | completed | job s | wall s | downtime ms | MiB sent | floor s "
-        "| sent / baseline | job / baseline | downtime / baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | method | strategy (hot layer) | features used | completed | job s | wall s | downtime ms | MiB sent "
+        "| floor s | sent / baseline | job / baseline | downtime / baseline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in report["results"]:
         medians, ratios = record["medians"], record["ratio_to_baseline"]
         strategy = "-"
         if record["strategies"]:
             strategy = "%s (%s)" % (", ".join(record["strategies"]), ", ".join(record["hot_layers"]))
-        lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            record["case"], record["method"], strategy, record["runs_completed"], record["runs_total"],
+        features = ", ".join(record["features_used"]) or ("-" if record["method"] == "baseline" else "none")
+        lines.append("| %s | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            record["case"], record["method"], strategy, features, record["runs_completed"], record["runs_total"],
             labkit.seconds(medians["job_ms"]), labkit.seconds(medians["wall_ms"]), labkit.fmt(medians["downtime_ms"]),
             labkit.fmt(medians["transferred_mib"], "%.1f"), labkit.fmt(medians["floor_s"], "%.2f"),
             _ratio(ratios["transferred_mib"]) if record["method"] != "baseline" else "",
             _ratio(ratios["job_ms"]) if record["method"] != "baseline" else "",
             _ratio(ratios["downtime_ms"]) if record["method"] != "baseline" else "",
         ))
+    lines += [""] + labkit.features_lines(env)
     lines += ["", "## Targets", "", "Completion holds for every run; thresholds apply to the medians.", ""]
     lines += labkit.targets_table(report["targets"])
     overhead = report["engine_preparation_overhead"]

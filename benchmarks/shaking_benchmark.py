@@ -136,6 +136,7 @@ def summarize(measurements: t.Sequence[t.Mapping[str, t.Any]], cases: t.Sequence
                 "runs_total": len(runs),
                 "runs_completed": sum(1 for r in runs if r["completed"]),
                 "strategies": sorted({r["strategy"] for r in runs if r.get("strategy")}),
+                "features_used": sorted({name for r in runs for name in r.get("features_used") or []}),
                 "medians": {key: labkit.median(r.get(key) for r in runs) for key in MEDIAN_KEYS},
                 "runs": list(runs),
             })
@@ -215,17 +216,20 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         "compaction). Floor = guest memory / bandwidth. Throttle = auto-converge's CPU throttle on the guest: "
         "the highest seen and for how long.",
         "",
-        "| case | method | completed | job s | wall s | downtime ms | MiB sent | floor s | throttle max % "
-        "| throttled s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | method | features used | completed | job s | wall s | downtime ms | MiB sent | floor s "
+        "| throttle max % | throttled s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in report["results"]:
         med = record["medians"]
-        lines.append("| %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
-            record["case"], record["method"], record["runs_completed"], record["runs_total"],
+        engine = record["method"].startswith("engine")
+        lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
+            record["case"], record["method"], ", ".join(record["features_used"]) or ("none" if engine else "-"),
+            record["runs_completed"], record["runs_total"],
             labkit.seconds(med["job_ms"]), labkit.seconds(med["wall_ms"]), labkit.fmt(med["downtime_ms"]),
             labkit.fmt(med["transferred_mib"], "%.1f"), labkit.fmt(med["floor_s"], "%.2f"),
             labkit.fmt(med["max_throttle_percent"]), labkit.fmt(med["throttled_s"], "%.1f")))
+    lines += [""] + labkit.features_lines(env)
     lines += ["", "## Targets", ""] + labkit.targets_table(report["targets"])
     lines += ["", "## Every measurement", "",
               "| case | method | run | completed | aborted by | job s | wall s | downtime ms | MiB sent "

@@ -281,6 +281,7 @@ def run_engine(args: argparse.Namespace, src_uri: str, dst_uri: str, name: str) 
         "phases_s": phases_s,
         "strategy": plan.get("name"),
         "flags": plan.get("flags"),
+        "features_used": labkit.features_used(result),
         "removed_volumes": result.get("removed_volumes") or [],
         "compaction": _picked(result.get("compaction"), ("before_mib", "target_mib", "after_mib", "elapsed_s")),
         "restore": _picked(result.get("restore"), ("before_mib", "after_mib", "elapsed_s", "reached_target")),
@@ -503,19 +504,21 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         "## Every measurement",
         "",
         "| mode | run | completed | disk intact | wall s | job ms | downtime ms | disk MiB | memory MiB | sent MiB "
-        "| source image MiB | destination image MiB | source image after | strategy |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| source image MiB | destination image MiB | source image after | strategy | features used |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in _runs(report):
         intact = row["integrity"].get("intact")
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["mode"], row["run"], "yes" if row["completed"] else "no",
             {True: "yes", False: "NO", None: "not checked"}[intact],
             labkit.fmt(row["wall_s"], "%.2f"), labkit.fmt(row["job_ms"]), labkit.fmt(row["downtime_ms"]),
             labkit.fmt(row["disk_mib"], "%.1f"), labkit.fmt(row["memory_mib"], "%.1f"), labkit.fmt(row["sent_mib"], "%.1f"),
             labkit.fmt(row["src_image_mib"], "%.1f"), labkit.fmt(row["dst_image_mib"], "%.1f"), _source_image(row),
             row.get("strategy") or "-",
+            ", ".join(row.get("features_used") or []) or ("none" if row["mode"] == "live_migrate" else "-"),
         ))
+    lines += [""] + labkit.features_lines(env)
     lines += [
         "",
         labkit.environment_sentence(env),
@@ -585,8 +588,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     disk_mib, disk_fill_mib = QUICK_DISK if args.quick else FULL_DISK
     args.disk_mib = disk_mib if args.disk_mib is None else args.disk_mib
     args.disk_fill_mib = disk_fill_mib if args.disk_fill_mib is None else args.disk_fill_mib
-    if args.quick and args.out_dir == RESULTS:
-        args.out_dir = RESULTS / "tmp"  # a smoke run never replaces the committed results
+    args.out_dir = labkit.smoke_out_dir(args.out_dir, RESULTS, args.quick)
     if runs < 1 or args.timeout_s < 1 or args.disk_mib < 1:
         parser.error("--runs, --timeout-s and --disk-mib must be at least 1")
     if not 0 <= args.disk_fill_mib <= args.disk_mib:

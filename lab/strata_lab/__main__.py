@@ -71,10 +71,14 @@ def cmd_up(args: argparse.Namespace) -> None:
         initrd=str(image.initrd),
         transport=args.transport,
     )
+    orphans = {host.name: hosts.orphaned_guests(host) for host in state.hosts}
     for host in state.hosts:  # before anything changes
-        if not hosts.libvirtd_pids(host) and hosts.guest_qemu_pids(host) and not hosts.host_config_current(host):
-            _refuse_orphaning(host)
-    _stop_surplus_hosts(lab_dir, state)
+        _refuse_orphaning(host, orphans[host.name])
+    surplus = _surplus_hosts(lab_dir, state)
+    for host in surplus:
+        _refuse_removing_orphans(host)
+    for host in surplus:
+        hosts.stop_host(host)  # so `up --hosts 2` leaves no third daemon
     state.save()
     transports.ensure_ssh(state)
     transports.ensure_pki(state)
@@ -84,26 +88,34 @@ def cmd_up(args: argparse.Namespace) -> None:
         uri = transports.host_uri(state, host, state.transport)  # what the inventory names
         if hosts.host_is_up(host) and hosts.host_config_current(host):
             print(f"{host.name}: up at {uri}")
-        elif not hosts.libvirtd_pids(host) and hosts.guest_qemu_pids(host):
-            # A libvirtd that crashed while guests ran: their QEMU lives on, and the new one takes them
-            # back, as `host start` does, instead of leaving them with no libvirtd that knows them.
-            hosts.start_host(host, keep_running=True)
-            print(f"{host.name}: restarted at {uri}, its running guests kept")
         else:
-            hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
-            hosts.start_host(host)
-            print(f"{host.name}: started at {uri}")
+            print(f"{host.name}: {_restart_host(host, orphans[host.name])} at {uri}")
         hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
     print(f"inventory: {lab_dir / 'inventory.yml'}")
 
 
-def _refuse_orphaning(host: HostSpec) -> None:
-    """A host whose libvirtd is gone while its guests' QEMU runs cannot change its stack or settings:
-    stopping it could not stop them, and a new libvirtd would not know them (started again, a guest
-    would run twice on its disk)."""
-    raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {hosts.guest_qemu_pids(host)}): "
-                   f"`strata-lab host start {host.name}` takes them back; move them away before changing its stack")
+def _refuse_orphaning(host: HostSpec, orphans: list[int]) -> None:
+    """A host whose libvirtd is gone while its guests' QEMU runs (orphans: their pids) cannot change its
+    stack or settings: stopping it could not stop them, and a new libvirtd would not know them (started
+    again, a guest would run twice on its disk). Called before anything is saved."""
+    if orphans and not hosts.host_config_current(host):
+        raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {orphans}): "
+                       f"`strata-lab host start {host.name}` takes them back; move them away before changing its "
+                       "stack or settings")
+
+
+def _restart_host(host: HostSpec, orphans: list[int]) -> str:
+    """Start the host's libvirtd, which is down or not current; says what it did. With orphans (guests'
+    QEMU pids whose libvirtd is gone) the new libvirtd takes them back, as `host start` does; otherwise
+    whatever a killed run left half-alive is stopped first."""
+    _refuse_orphaning(host, orphans)  # callers refuse earlier, before saving; this keeps the rule here too
+    if orphans:
+        hosts.start_host(host, keep_running=True)
+        return "restarted, its running guests kept,"
+    hosts.stop_host(host)
+    hosts.start_host(host)
+    return "started"
 
 
 def _host_stacks(requests: list[str] | None, host_count: int, recorded: dict[str, str]) -> dict[str, str]:
@@ -150,16 +162,24 @@ def cmd_stack(args: argparse.Namespace) -> None:
         print(json.dumps(stack.build_stack(args.cache_dir, args.name), indent=2))
 
 
-def _stop_surplus_hosts(lab_dir: Path, state: LabState) -> None:
-    """Hosts of an earlier, larger lab are stopped, so `up --hosts 2` leaves no third daemon."""
+def _surplus_hosts(lab_dir: Path, state: LabState) -> list[HostSpec]:
+    """Hosts of an earlier, larger lab that `state` leaves out."""
     try:
         previous = LabState.load(lab_dir)
     except LabError:
-        return
+        return []
     wanted = {h.name for h in state.hosts}
-    for host in previous.hosts:
-        if host.name not in wanted:
-            hosts.stop_host(host)
+    return [host for host in previous.hosts if host.name not in wanted]
+
+
+def _refuse_removing_orphans(host: HostSpec) -> None:
+    """A host leaving the lab while its libvirtd is gone and its guests' QEMU runs would leave them running
+    unseen, defined nowhere: refused, before anything is saved."""
+    orphans = hosts.orphaned_guests(host)
+    if orphans:
+        raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {orphans}): "
+                       f"`strata-lab host start {host.name}` takes them back; move or delete them before taking "
+                       f"{host.name} out of the lab")
 
 
 def write_inventory(state: LabState) -> None:
@@ -260,12 +280,11 @@ def cmd_network(args: argparse.Namespace) -> None:
     print(json.dumps({"network": args.name, "host": host.name, "changed": changed}))
 
 
-def _start_and_list(state: LabState, host) -> None:
-    """Start one host of the lab, give it the lab's resources, and rewrite the inventory."""
+def _start_and_list(state: LabState, host: HostSpec, orphans: list[int]) -> None:
+    """Start one host of the lab (see _restart_host), give it the lab's resources, and rewrite the inventory."""
     transports.ensure_ssh(state)
     transports.ensure_pki(state)
-    hosts.stop_host(host)  # a libvirtd left half-alive by a killed run
-    hosts.start_host(host)
+    _restart_host(host, orphans)
     hosts.configure_host(host, state.shared_pool_dir)
     write_inventory(state)
 
@@ -280,17 +299,19 @@ def cmd_host_add(args: argparse.Namespace) -> None:
         if existing.stack != args.stack:
             raise LabError(f"{name} already runs the {existing.stack} stack: `host set-stack {name} {args.stack}` "
                            "changes it")
-        changed = not hosts.host_is_up(existing)
+        changed = not (hosts.host_is_up(existing) and hosts.host_config_current(existing))
         if changed:
-            _start_and_list(state, existing)
+            _start_and_list(state, existing, hosts.orphaned_guests(existing))
         print(json.dumps({"host": name, "stack": existing.stack, "uri": transports.host_uri(state, existing, state.transport),
                           "changed": changed}))
         return
     host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), int(name[2:]),
                       state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack)
+    orphans = hosts.orphaned_guests(host)  # guests of a host removed while its libvirtd was gone
+    _refuse_orphaning(host, orphans)
     state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
     state.save()
-    _start_and_list(state, host)
+    _start_and_list(state, host, orphans)
     print(json.dumps({"host": name, "stack": host.stack, "uri": transports.host_uri(state, host, state.transport),
                       "changed": True}))
 
@@ -311,14 +332,13 @@ def cmd_host_set_stack(args: argparse.Namespace) -> None:
         running = hosts.virsh(host.uri, "list", "--name", check=False).split()
         if running:
             raise LabError(f"{host.name} still runs {', '.join(running)}: move them away before changing its stack")
-    elif hosts.guest_qemu_pids(host):
-        _refuse_orphaning(host)
     new_host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), host.index, host.memory_capacity_mib, args.stack,
                           legacy=bool(host.cpu_models_missing))
-    hosts.stop_host(host)
+    orphans = [] if up else hosts.orphaned_guests(host)
+    _refuse_orphaning(new_host, orphans)
     state.hosts = [new_host if h.name == host.name else h for h in state.hosts]
     state.save()
-    _start_and_list(state, new_host)
+    _start_and_list(state, new_host, orphans)
     print(json.dumps({"host": host.name, "stack": new_host.stack, "previous_stack": host.stack, "changed": True}))
 
 
@@ -332,6 +352,7 @@ def cmd_host_remove(args: argparse.Namespace) -> None:
         running = hosts.virsh(host.uri, "list", "--name", check=False).split()
         if running:
             raise LabError(f"{host.name} still runs {', '.join(running)}: move or delete them first")
+    _refuse_removing_orphans(host)
     hosts.stop_host(host)
     state.hosts = [h for h in state.hosts if h.name != host.name]
     state.save()

@@ -189,19 +189,22 @@ def run_in_controller(cache_dir: Path, lab_dir: Path, command: list[str], cwd: P
     cwd = cwd.absolute()
     if not visible_inside(cwd, paths):
         raise LabError(f"{cwd} is not visible in the controller, only {', '.join(paths)} are: use --cwd")
-    root = stack.ensure_stack(cache_dir, lab_dir, CONTROLLER_STACK)
-    layout = controller_layout(cache_dir, root.root)
-    host_files = [path for path in HOST_FILES if Path(path).is_file()]
-    argv = controller_argv(layout, paths, host_files, controller_environment(lab_dir, cache_dir), cwd, command)
-    with _lock(layout, LOCK_TIMEOUT_S):
-        _prepare_overlay(layout, root.versions)
-        # A session of its own, so a timeout or an interrupt stops the command's every process; without
-        # the terminal, so no standard input.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"{shlex.join(command)} did not finish within {timeout_s:.0f} s in the controller") from None
-        finally:
-            if proc.poll() is None:
-                _stop_group(proc)
+    # Held for the whole run: its processes live in an overlay of the root, where a restore of the root
+    # (another lab command's) could not see them.
+    with stack.using_stack(cache_dir, lab_dir, CONTROLLER_STACK) as root:
+        layout = controller_layout(cache_dir, root.root)
+        host_files = [path for path in HOST_FILES if Path(path).is_file()]
+        argv = controller_argv(layout, paths, host_files, controller_environment(lab_dir, cache_dir), cwd, command)
+        with _lock(layout, LOCK_TIMEOUT_S):
+            _prepare_overlay(layout, root.versions)
+            # A session of its own, so a timeout or an interrupt stops the command's every process; without
+            # the terminal, so no standard input.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                return proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"{shlex.join(command)} did not finish within {timeout_s:.0f} s in the controller") \
+                    from None
+            finally:
+                if proc.poll() is None:
+                    _stop_group(proc)

@@ -397,6 +397,11 @@ def guest_qemu_pids(host: HostSpec) -> list[int]:
     return sorted(pids)
 
 
+def orphaned_guests(host: HostSpec) -> list[int]:
+    """QEMU pids of the host's guests running while its libvirtd is gone (crashed or killed); [] otherwise."""
+    return [] if libvirtd_pids(host) else guest_qemu_pids(host)
+
+
 def host_is_up(host: HostSpec) -> bool:
     processes = _processes()
     return bool(libvirtd_pids(host, processes)) and bool(transports.sshd_pids(host, processes)) and virsh_ok(host.uri)

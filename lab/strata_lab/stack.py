@@ -181,16 +181,44 @@ def ensure_stack(cache_dir: Path, lab_dir: Path, name: str) -> StackRoot:
     stamp = root.parent / f"{name}.restored"
     if not (stamp.exists() and stamp.read_text() == manifest["tarball"] and (root / "usr/sbin/libvirtd").exists()):
         ensure_packages(TOOL_PACKAGES)
-        users = _processes_rooted_in(root)
-        if users:
-            raise LabError(f"the {name} root {root} is in use (processes {users} run in it, a lab host's "
-                           "libvirtd among them): run `strata-lab down` first")
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        _run(["tar", "--zstd", "-C", str(root), "-xf", str(cache_dir / "stacks" / manifest["tarball"])],
-             f"restoring the {name} root")
-        stamp.write_text(manifest["tarball"])
+        with _root_lock(lab_dir, name, fcntl.LOCK_EX | fcntl.LOCK_NB) as taken:
+            users = _processes_rooted_in(root)
+            if not taken or users:
+                held_by = f"processes {users} run in it, a lab host's libvirtd among them" if users else \
+                    "a `strata-lab controller run` uses it"
+                raise LabError(f"the {name} root {root} is in use ({held_by}): let it end, or run "
+                               "`strata-lab down`, first")
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            _run(["tar", "--zstd", "-C", str(root), "-xf", str(cache_dir / "stacks" / manifest["tarball"])],
+                 f"restoring the {name} root")
+            stamp.write_text(manifest["tarball"])
     return StackRoot(name=name, root=root, versions=manifest["versions"])
+
+
+@contextlib.contextmanager
+def using_stack(cache_dir: Path, lab_dir: Path, name: str) -> Iterator[StackRoot]:
+    """The stack's root, kept from being restored until the block ends: for runs whose processes live in
+    an overlay of the root, where _processes_rooted_in cannot see them (the controller)."""
+    root = ensure_stack(cache_dir, lab_dir, name)
+    with _root_lock(lab_dir, name, fcntl.LOCK_SH):  # blocking: waits for a restore under way
+        # Restored by another command between the two steps? This call finds it current, or fails clearly.
+        yield ensure_stack(cache_dir, lab_dir, name)
+
+
+@contextlib.contextmanager
+def _root_lock(lab_dir: Path, name: str, operation: int) -> Iterator[bool]:
+    """flock on the root's lock file: shared by users in overlays, exclusive for a restore; yields
+    whether it was taken (a non-blocking request may not be)."""
+    path = lab_dir / "stacks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, operation)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _processes_rooted_in(root: Path) -> list[int]:

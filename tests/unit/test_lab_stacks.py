@@ -10,6 +10,8 @@ workflow_rebalance integration targets do that. These tests cover what needs nei
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -67,3 +69,85 @@ def test_legacy_map_drops_the_model_with_its_versioned_variants(tmp_path):
     index = (written / "index.xml").read_text()
     assert "Westmere" not in index
     assert "x86_Nehalem.xml" in index and "x86_qemu64.xml" in index
+
+
+class _Calls:
+    """Records what _restart_host asked of the hosts module, in order."""
+
+    def __init__(self, monkeypatch, config_current: bool):
+        self.calls: list = []
+        monkeypatch.setattr(lab_hosts, "host_config_current", lambda host: config_current)
+        monkeypatch.setattr(lab_hosts, "stop_host", lambda host: self.calls.append("stop"))
+        monkeypatch.setattr(lab_hosts, "start_host",
+                            lambda host, keep_running=False: self.calls.append(("start", keep_running)))
+
+
+def _spec(tmp_path):
+    return lab_config.make_host_spec(tmp_path, 1, 2048)
+
+
+def test_a_restart_takes_back_the_guests_of_a_crashed_libvirtd(monkeypatch, tmp_path):
+    calls = _Calls(monkeypatch, config_current=True)
+    said = lab_main._restart_host(_spec(tmp_path), orphans=[4242])
+    # Never stop_host: it cannot stop guests whose libvirtd is gone, and a fresh start would forget them.
+    assert calls.calls == [("start", True)]
+    assert "guests kept" in said
+
+
+def test_a_restart_without_orphans_clears_what_a_killed_run_left(monkeypatch, tmp_path):
+    calls = _Calls(monkeypatch, config_current=False)
+    assert lab_main._restart_host(_spec(tmp_path), orphans=[]) == "started"
+    assert calls.calls == ["stop", ("start", False)]
+
+
+def test_a_host_with_orphaned_guests_cannot_change_its_stack_or_settings(monkeypatch, tmp_path):
+    calls = _Calls(monkeypatch, config_current=False)
+    with pytest.raises(lab_config.LabError, match=r"hv1's libvirtd is down while its guests run \(QEMU pids \[4242\]\)"):
+        lab_main._restart_host(_spec(tmp_path), orphans=[4242])
+    assert calls.calls == []  # nothing stopped or started
+
+
+def test_a_restore_of_a_root_in_use_by_the_controller_is_refused(tmp_path):
+    lab_stack = importlib.import_module("strata_lab.stack")
+    fcntl = importlib.import_module("fcntl")
+    with lab_stack._root_lock(tmp_path, "trixie", fcntl.LOCK_SH) as held:
+        assert held
+        # What a restore asks for: refused while a controller run holds the root...
+        with lab_stack._root_lock(tmp_path, "trixie", fcntl.LOCK_EX | fcntl.LOCK_NB) as taken:
+            assert not taken
+    # ...and granted once it ended.
+    with lab_stack._root_lock(tmp_path, "trixie", fcntl.LOCK_EX | fcntl.LOCK_NB) as taken:
+        assert taken
+
+
+def test_ensure_stack_refuses_to_restore_under_a_controller_run(monkeypatch, tmp_path):
+    lab_stack = importlib.import_module("strata_lab.stack")
+    fcntl = importlib.import_module("fcntl")
+    cache_dir, lab_dir = tmp_path / "cache", tmp_path / "lab"
+    manifest = {"tarball": "trixie-new.tar.zst", "versions": {}}
+    monkeypatch.setattr(lab_stack, "_cached_manifest", lambda cache, name: manifest)
+    monkeypatch.setattr(lab_stack, "ensure_packages", lambda packages: [])
+    root = lab_dir / "stacks" / "trixie"
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/libvirtd").write_text("the root a controller run overlays")
+    (lab_dir / "stacks" / "trixie.restored").write_text("trixie-old.tar.zst")  # a newer tarball is cached
+    with lab_stack._root_lock(lab_dir, "trixie", fcntl.LOCK_SH):
+        with pytest.raises(lab_config.LabError, match="a `strata-lab controller run` uses it"):
+            lab_stack.ensure_stack(cache_dir, lab_dir, "trixie")
+    assert (root / "usr/sbin/libvirtd").read_text() == "the root a controller run overlays"
+
+
+def test_a_host_whose_guests_run_without_libvirtd_stays_in_the_lab(monkeypatch, tmp_path):
+    state = lab_config.LabState(lab_dir=str(tmp_path), cache_dir=str(tmp_path), domain_type="qemu",
+                                hosts=[_spec(tmp_path)])
+    state.save()
+    stopped = []
+    monkeypatch.setattr(lab_hosts, "host_is_up", lambda host: False)
+    monkeypatch.setattr(lab_hosts, "orphaned_guests", lambda host: [4242])
+    monkeypatch.setattr(lab_hosts, "stop_host", stopped.append)
+    # Removed, its guests would run on unseen and defined nowhere: `host remove` and a smaller `up` refuse.
+    with pytest.raises(lab_config.LabError, match=r"takes them back; move or delete them before taking hv1 out"):
+        lab_main.cmd_host_remove(argparse.Namespace(lab_dir=tmp_path, name="hv1"))
+    assert stopped == []
+    assert [h.name for h in lab_config.LabState.load(tmp_path).hosts] == ["hv1"]
+    assert [h.name for h in lab_main._surplus_hosts(tmp_path, dataclasses.replace(state, hosts=[]))] == ["hv1"]
