@@ -123,6 +123,12 @@ def features_used(result: t.Mapping[str, t.Any]) -> t.List[str]:
     return sorted(name for name, feature in features.items() if feature.get("used"))
 
 
+def features_cell(features: t.Sequence[str], engine: bool) -> str:
+    """A table cell for the features a row used: "none" for an engine row that used none, "-" for a
+    method that does not report them (plain libvirt, virsh)."""
+    return ", ".join(features) or ("none" if engine else "-")
+
+
 def features_lines(env: t.Mapping[str, t.Any]) -> t.List[str]:
     """The results' section on the pair's newer migration features: available or not, and why."""
     features = env.get("pair_features") or {}

@@ -440,7 +440,7 @@ def render_markdown(report: t.Dict[str, t.Any]) -> str:
         strategy = "-"
         if record["strategies"]:
             strategy = "%s (%s)" % (", ".join(record["strategies"]), ", ".join(record["hot_layers"]))
-        features = ", ".join(record["features_used"]) or ("-" if record["method"] == "baseline" else "none")
+        features = labkit.features_cell(record["features_used"], engine=record["method"] != "baseline")
         lines.append("| %s | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             record["case"], record["method"], strategy, features, record["runs_completed"], record["runs_total"],
             labkit.seconds(medians["job_ms"]), labkit.seconds(medians["wall_ms"]), labkit.fmt(medians["downtime_ms"]),

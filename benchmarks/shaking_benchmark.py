@@ -222,9 +222,9 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
     ]
     for record in report["results"]:
         med = record["medians"]
-        engine = record["method"].startswith("engine")
         lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
-            record["case"], record["method"], ", ".join(record["features_used"]) or ("none" if engine else "-"),
+            record["case"], record["method"],
+            labkit.features_cell(record["features_used"], engine=record["method"].startswith("engine")),
             record["runs_completed"], record["runs_total"],
             labkit.seconds(med["job_ms"]), labkit.seconds(med["wall_ms"]), labkit.fmt(med["downtime_ms"]),
             labkit.fmt(med["transferred_mib"], "%.1f"), labkit.fmt(med["floor_s"], "%.2f"),

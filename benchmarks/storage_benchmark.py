@@ -516,7 +516,7 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
             labkit.fmt(row["disk_mib"], "%.1f"), labkit.fmt(row["memory_mib"], "%.1f"), labkit.fmt(row["sent_mib"], "%.1f"),
             labkit.fmt(row["src_image_mib"], "%.1f"), labkit.fmt(row["dst_image_mib"], "%.1f"), _source_image(row),
             row.get("strategy") or "-",
-            ", ".join(row.get("features_used") or []) or ("none" if row["mode"] == "live_migrate" else "-"),
+            labkit.features_cell(row.get("features_used") or [], engine=row["mode"] == "live_migrate"),
         ))
     lines += [""] + labkit.features_lines(env)
     lines += [

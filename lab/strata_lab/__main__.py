@@ -100,9 +100,13 @@ def _refuse_orphaning(host: HostSpec, orphans: list[int]) -> None:
     stack or settings: stopping it could not stop them, and a new libvirtd would not know them (started
     again, a guest would run twice on its disk). Called before anything is saved."""
     if orphans and not hosts.host_config_current(host):
-        raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {orphans}): "
-                       f"`strata-lab host start {host.name}` takes them back; move them away before changing its "
-                       "stack or settings")
+        raise _orphans_error(host, orphans, "move them away before changing its stack or settings")
+
+
+def _orphans_error(host: HostSpec, orphans: list[int], refused: str) -> LabError:
+    """The refusal of a change to a host whose guests (QEMU pids `orphans`) run without its libvirtd."""
+    return LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {orphans}): "
+                    f"`strata-lab host start {host.name}` takes them back; {refused}")
 
 
 def _restart_host(host: HostSpec, orphans: list[int]) -> str:
@@ -177,9 +181,7 @@ def _refuse_removing_orphans(host: HostSpec) -> None:
     unseen, defined nowhere: refused, before anything is saved."""
     orphans = hosts.orphaned_guests(host)
     if orphans:
-        raise LabError(f"{host.name}'s libvirtd is down while its guests run (QEMU pids {orphans}): "
-                       f"`strata-lab host start {host.name}` takes them back; move or delete them before taking "
-                       f"{host.name} out of the lab")
+        raise _orphans_error(host, orphans, f"move or delete them before taking {host.name} out of the lab")
 
 
 def write_inventory(state: LabState) -> None:
