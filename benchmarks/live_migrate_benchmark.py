@@ -219,6 +219,7 @@ def run_engine(
         "postcopy_switch_s": round(postcopy_s - offset_s, 3) if postcopy_s is not None else None,
         "compaction": _picked(result.get("compaction"), ("before_mib", "target_mib", "after_mib", "elapsed_s")),
         "restore": _picked(result.get("restore"), ("before_mib", "after_mib", "elapsed_s", "reached_target")),
+        "vcpu_cap": _picked(result.get("vcpu_cap"), ("percent", "probe_percent", "probe_dirty_rate_mibps", "held_s")),
         "prediction": _picked(result.get("prediction"), ("strategy", "converges", "total_s", "downtime_ms")),
         "remaining_timeline": [
             {"t_s": round(e["t_s"] - offset_s, 3), "remaining_mib": e["remaining_mib"],

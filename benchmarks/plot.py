@@ -56,15 +56,21 @@ def plot_remaining(
     plt.close(figure)
 
 
+def _cpu_taken_percent(point: t.Mapping[str, t.Any]) -> float:
+    kept = (point.get("vcpu_cap_percent") or 100.0) * (100.0 - (point.get("throttle_percent") or 0)) / 100.0
+    return 100.0 - kept
+
+
 def plot_remaining_and_throttle(
     series: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
     bound_s: float,
     title: str,
     path: Path,
 ) -> None:
-    """Remaining memory (MiB, above) and the guest's CPU throttle (%, below) over the job's time, per method.
+    """Remaining memory (MiB, above) and the CPU taken from the guest (%, below) over the job's time, per method.
 
-    series: method -> [{t_s, remaining_mib, throttle_percent}]; a missing throttle counts as 0.
+    series: method -> [{t_s, remaining_mib, throttle_percent, vcpu_cap_percent}]; a missing throttle counts
+    as 0, a missing cap as none. Under both, the guest keeps cap% of a CPU less what auto-converge takes.
     """
     figure, (upper, lower) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=(2, 1))
     for method, points in series.items():
@@ -73,7 +79,7 @@ def plot_remaining_and_throttle(
             label += " (no samples)"
         times = [p["t_s"] for p in points]
         upper.plot(times, [p["remaining_mib"] for p in points], label=label, **style)
-        lower.plot(times, [p.get("throttle_percent") or 0 for p in points], label=label, **style)
+        lower.plot(times, [_cpu_taken_percent(p) for p in points], label=label, **style)
     for axes in (upper, lower):
         axes.axvline(bound_s, color="grey", linestyle=":")
         axes.set_xlim(left=0)
@@ -82,7 +88,7 @@ def plot_remaining_and_throttle(
     upper.set_ylabel("memory left to send (MiB)")
     upper.set_title(title)
     upper.legend(fontsize="small")
-    lower.set_ylabel("guest CPU throttle (%)")
+    lower.set_ylabel("guest CPU taken (%)")
     lower.set_ylim(0, 100)
     lower.set_xlabel("time since the migration job started (s); dotted: the time bound (%g s)" % bound_s)
     figure.tight_layout()

@@ -63,7 +63,7 @@ DEFAULT_BOUND_S = 60.0
 QUICK_BOUND_S = 30.0
 DEFAULT_RUNS = 2
 MEDIAN_KEYS = ("job_ms", "wall_ms", "prepare_ms", "downtime_ms", "transferred_mib", "guest_memory_mib",
-               "floor_s", "max_throttle_percent", "throttled_s")
+               "floor_s", "max_throttle_percent", "throttled_s", "vcpu_cap_percent", "vcpu_capped_s")
 
 
 def create_guest(name: str, host: str, memory_mib: int, vcpus: int, workload: str) -> None:
@@ -110,6 +110,9 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
     finally:
         labkit.lab_retrying("guest", "delete", name)
     highest, throttled_s = throttle_figures(row.get("remaining_timeline") or [])
+    cap = row.get("vcpu_cap") or {}
+    for point in row.get("remaining_timeline") or []:
+        point["vcpu_cap_percent"] = cap.get("percent")
     return dict({
         "case": case,
         "method": method,
@@ -119,6 +122,8 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
         "floor_s": round(guest_memory_mib / args.bandwidth_mibps, 2),
         "max_throttle_percent": highest,
         "throttled_s": throttled_s,
+        "vcpu_cap_percent": cap.get("percent"),
+        "vcpu_capped_s": cap.get("held_s"),
         "running_on": "destination" if dst_uri in running else "source" if src_uri in running else None,
     }, **row)
 
@@ -214,21 +219,23 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         "",
         "Job = libvirt's migration job; wall = the whole call (for the engine with its measurement and "
         "compaction). Floor = guest memory / bandwidth. Throttle = auto-converge's CPU throttle on the guest: "
-        "the highest seen and for how long.",
+        "the highest seen and for how long (the plots' lower panel adds the vCPU cap). vCPU cap = the engine's cap on the guest's vCPUs (share of a CPU) "
+        "and how long it held, from before the job (its 1 s measurement included) to the job's end.",
         "",
         "| case | method | features used | completed | job s | wall s | downtime ms | MiB sent | floor s "
-        "| throttle max % | throttled s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| throttle max % | throttled s | vCPU cap % | capped s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in report["results"]:
         med = record["medians"]
-        lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             record["case"], record["method"],
             labkit.features_cell(record["features_used"], engine=record["method"].startswith("engine")),
             record["runs_completed"], record["runs_total"],
             labkit.seconds(med["job_ms"]), labkit.seconds(med["wall_ms"]), labkit.fmt(med["downtime_ms"]),
             labkit.fmt(med["transferred_mib"], "%.1f"), labkit.fmt(med["floor_s"], "%.2f"),
-            labkit.fmt(med["max_throttle_percent"]), labkit.fmt(med["throttled_s"], "%.1f")))
+            labkit.fmt(med["max_throttle_percent"]), labkit.fmt(med["throttled_s"], "%.1f"),
+            labkit.fmt(med["vcpu_cap_percent"], "%g"), labkit.fmt(med["vcpu_capped_s"], "%.1f")))
     lines += [""] + labkit.features_lines(env)
     lines += ["", "## Targets", ""] + labkit.targets_table(report["targets"])
     lines += ["", "## Every measurement", "",

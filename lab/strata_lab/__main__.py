@@ -228,6 +228,8 @@ def write_inventory(state: LabState) -> None:
         ],
         # Apart from strata_lab_hosts, whose entries tests hand to modules as they are.
         "strata_lab_host_stacks": {h.name: h.stack for h in state.hosts},
+        # Whether the hosts' guests can be given a vCPU bandwidth (cgroup v1's cpu controller).
+        "strata_lab_vcpu_bandwidth": hosts.cpu_hierarchy() is not None,
     }
     (Path(state.lab_dir) / "integration_config.yml").write_text(json.dumps(config, indent=2) + "\n")
 

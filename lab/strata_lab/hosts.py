@@ -24,6 +24,12 @@ LAB_NETWORK = "labnet"
 SMALL_POOL = "small"
 SMALL_POOL_DIR = "/var/lib/libvirt/small"
 SMALL_POOL_MIB = 192
+# Each host's libvirtd runs in a cgroup of its own below this one, in cgroup v1's cpu hierarchy where
+# the machine has it, so its guests' cgroups never meet another host's copy of the same guest and
+# vCPU bandwidth limits (vcpu_quota) work as on a real host.
+CPU_CGROUP_PARENT = "strata-lab"
+# systemd's "hybrid" layout mounts an empty cgroup v2 hierarchy here beside v1's.
+UNIFIED_CGROUP_MOUNT = "/sys/fs/cgroup/unified"
 
 
 def render_libvirtd_conf(host: HostSpec) -> str:
@@ -58,13 +64,57 @@ def render_qemu_conf(host: HostSpec) -> str:
             'security_driver = "none"',
             "dynamic_ownership = 0",
             "remember_owner = 0",
-            # All hosts share one cgroup tree; a migrating domain would collide with
-            # its own source copy there, so the lab does not use cgroups.
-            "cgroup_controllers = [ ]",
+            # Only the cpu controller (vcpu_quota), and only where each host has a cgroup of its own.
+            "cgroup_controllers = [ %s ]" % ('"cpu"' if cpu_cgroup(host) else ""),
             *transports.qemu_tls_settings(host),
             "",
         ]
     )
+
+
+def cpu_hierarchy() -> tuple[Path, str] | None:
+    """Mount point and controllers of the machine's cgroup v1 hierarchy with cpu; None without one.
+
+    Under cgroup v2 alone a cgroup holding libvirtd cannot hand the cpu controller on to its guests'
+    cgroups below it, so there the lab runs without cgroups and vcpu_quota is unavailable.
+    """
+    found = cpu_hierarchy_in(Path("/proc/self/mounts").read_text())
+    return found if found and os.access(found[0], os.W_OK) else None
+
+
+def cpu_hierarchy_in(mounts: str) -> tuple[Path, str] | None:
+    """The cgroup v1 hierarchy with the cpu controller in a mount table (/proc/self/mounts)."""
+    for line in mounts.splitlines():
+        _source, mount, fstype, options, *_rest = line.split()
+        # Mounted with cpuacct on many distributions; a remount must name the same controllers.
+        controllers = [o for o in options.split(",") if o in ("cpu", "cpuacct")]
+        if fstype == "cgroup" and "cpu" in controllers:
+            return Path(mount), ",".join(controllers)
+    return None
+
+
+def cpu_cgroup(host: HostSpec) -> Path | None:
+    """The cgroup the host's libvirtd runs in (the root of its cgroup namespace); None without cgroup v1 cpu."""
+    hierarchy = cpu_hierarchy()
+    return hierarchy[0] / CPU_CGROUP_PARENT / host.name if hierarchy else None
+
+
+def remove_cpu_cgroup(host: HostSpec) -> None:
+    """Remove the host's cgroups that no process uses any more, deepest first (guests' left by a kill)."""
+    top = cpu_cgroup(host)
+    if top is None or not top.is_dir():
+        return
+    for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        _remove_empty_cgroup(path)
+    _remove_empty_cgroup(top)
+    _remove_empty_cgroup(top.parent)  # the lab's own, once its last host is gone
+
+
+def _remove_empty_cgroup(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # still used (a guest that outlived its libvirtd): kept, as the guest is
 
 
 # Runtime state a restarted libvirtd needs to take back the guests and networks still running.
@@ -228,10 +278,31 @@ def _start_script(host: HostSpec) -> str:
         mounts, libvirtd = _stack_mounts(host), f"chroot {host.stack_root} /usr/sbin/{libvirtd}"
     else:
         mounts = _private_mounts(host, "")
+    hierarchy = cpu_hierarchy()
+    # The host's shell starts in its own cgroup namespace (see _start_command). Remounted there, the cpu
+    # hierarchy's root is the host's cgroup, where libvirt creates /machine and finds it again after a restart.
+    # libvirt 9 takes the empty v2 hierarchy of the hybrid layout for a usable one and then fails to start
+    # guests ("v2 controller '(null)' is not available"): the host's namespace goes without it.
+    placement = (
+        f"umount {hierarchy[0]}; mount -t cgroup -o {hierarchy[1]} strata-lab-cpu {hierarchy[0]}; "
+        f"if mountpoint -q {UNIFIED_CGROUP_MOUNT}; then umount {UNIFIED_CGROUP_MOUNT}; fi; "
+        if hierarchy else ""
+    )
     return (
-        f"set -e; {mounts}; hostname {host.name}; "
+        f"set -e; {placement}{mounts}; hostname {host.name}; "
         f"{transports.sshd_start_command(host)}; exec {libvirtd}"
     )
+
+
+def _start_command(host: HostSpec) -> list[str]:
+    """The host's start script in private mount and UTS namespaces, and a cgroup namespace where it has one."""
+    unshare = ["unshare", "--mount", "--uts", "--propagation", "private"]
+    cgroup = cpu_cgroup(host)
+    if cgroup is None:
+        return [*unshare, "--", "/bin/sh", "-c", _start_script(host)]
+    # Moved into its cgroup first, the shell unshares the cgroup namespace rooted there.
+    enter = f'mkdir -p {cgroup} && echo $$ > {cgroup}/cgroup.procs && exec {" ".join(unshare)} --cgroup -- /bin/sh -c "$1"'
+    return ["/bin/sh", "-c", enter, "sh", _start_script(host)]
 
 
 def config_stamp(host: HostSpec) -> str:
@@ -263,7 +334,7 @@ def start_host(host: HostSpec, keep_running: bool = False) -> int:
     log = open(host.daemon_log, "ab")  # noqa: SIM115 - handed to the daemon
     try:
         proc = subprocess.Popen(
-            ["unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", _start_script(host)],
+            _start_command(host),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -418,6 +489,7 @@ def stop_host(host: HostSpec) -> None:
             virsh(host.uri, "net-destroy", network, check=False)
     _kill_tree(pids + transports.sshd_pids(host, _processes()))
     remove_stale_bridges(host)
+    remove_cpu_cgroup(host)
     host.pid_file.unlink(missing_ok=True)
 
 

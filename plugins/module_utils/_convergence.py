@@ -476,6 +476,27 @@ def auto_converge_percents(inputs: MigrationInputs) -> t.Optional[t.Tuple[int, i
     return initial, max(AUTO_CONVERGE_MAX_PERCENT - initial, 1)
 
 
+def _throttled_course(inputs: MigrationInputs, auto_converge: t.Tuple[int, int]) -> t.Tuple[Prediction, float]:
+    """Pre-copy under auto-converge (initial, increment) as a prediction without its reason, and how
+    long the guest runs throttled."""
+    course, percents = _simulate_throttled(inputs, *auto_converge)
+    downtime_ms, transferred, total_s = _stop_and_totals(inputs, course)
+    prediction = Prediction(
+        strategy="layered",
+        converges=course.converges,
+        rounds=len(course.round_mib),
+        transferred_mib=transferred,
+        total_s=total_s,
+        downtime_ms=downtime_ms,
+        reason="",
+        postcopy_s=None,
+        round_mib=tuple(course.round_mib),
+        stop_copy_mib=course.remaining_mib,
+        throttle_percents=tuple(percents),
+    )
+    return prediction, sum(s for s, p in zip(course.round_s, percents) if p)
+
+
 def predict_throttled(inputs: MigrationInputs, initial_percent: int, increment_percent: int) -> Prediction:
     """Pre-copy with auto-converge from initial_percent in increment_percent steps (no post-copy).
 
@@ -483,11 +504,8 @@ def predict_throttled(inputs: MigrationInputs, initial_percent: int, increment_p
     first two passes run at the guest's full dirty rate.
     """
     unthrottled = _simulate_precopy(inputs)
-    course, percents = _simulate_throttled(inputs, initial_percent, increment_percent)
-    downtime_ms, transferred, total_s = _stop_and_totals(inputs, course)
-    rounds = len(course.round_mib)
-    throttled_s = sum(s for s, p in zip(course.round_s, percents) if p)
-    highest = max(percents)
+    course, throttled_s = _throttled_course(inputs, (initial_percent, increment_percent))
+    highest = max(course.throttle_percents)
     if unthrottled.converges:
         lead = "Pre-copy converges without a throttle, which stays as a safety net"
     else:
@@ -496,8 +514,9 @@ def predict_throttled(inputs: MigrationInputs, initial_percent: int, increment_p
         body = (
             "with auto-converge from %d%% in %d%% steps it converges after %d rounds: %s MiB in %s s, the guest "
             "throttled for %s s (up to %d%%), %s MiB left for a pause of about %s ms."
-            % (initial_percent, increment_percent, rounds, _fmt(transferred), _fmt(total_s), _fmt(throttled_s),
-               highest, _fmt(course.remaining_mib), _fmt(downtime_ms, 0))
+            % (initial_percent, increment_percent, course.rounds, _fmt(course.transferred_mib),
+               _fmt(course.total_s), _fmt(throttled_s), highest, _fmt(course.stop_copy_mib),
+               _fmt(course.downtime_ms, 0))
         )
     else:
         body = (
@@ -506,19 +525,40 @@ def predict_throttled(inputs: MigrationInputs, initial_percent: int, increment_p
             "bandwidth_mibps would finish it."
             % (initial_percent, increment_percent, highest, _fmt(inputs.max_downtime_ms, 0))
         )
-    return Prediction(
-        strategy="layered",
-        converges=course.converges,
-        rounds=rounds,
-        transferred_mib=transferred,
-        total_s=total_s,
-        downtime_ms=downtime_ms,
-        reason="%s; %s" % (lead, body),
-        postcopy_s=None,
-        round_mib=tuple(course.round_mib),
-        stop_copy_mib=course.remaining_mib,
-        throttle_percents=tuple(percents),
+    return dataclasses.replace(course, reason="%s; %s" % (lead, body))
+
+
+def predict_capped(
+    inputs: MigrationInputs,
+    cap_percent: float,
+    capped_rate_mibps: float,
+    auto_converge: t.Tuple[int, int],
+    rate_is_lower_bound: bool = False,
+) -> Prediction:
+    """Pre-copy with the vCPUs capped at cap_percent of a CPU from the first page (see _throttle).
+
+    The capped guest dirties capped_rate_mibps (measured under a cap, in proportion); auto-converge
+    from auto_converge (initial, increment) stays on top for passes that still do not shrink. The cap
+    holds for the whole migration: the guest is slowed for all of total_s.
+    """
+    course, _throttled_s = _throttled_course(dataclasses.replace(inputs, dirty_rate_mibps=capped_rate_mibps),
+                                             auto_converge)
+    lead = (
+        "Pre-copy alone would not converge (%s); with the vCPUs capped at %s%% of a CPU from the first page "
+        "(the guest then dirties %s%s MiB/s) and auto-converge on top"
+        % (_why_not(inputs, _simulate_precopy(inputs)), _fmt(cap_percent),
+           "at least " if rate_is_lower_bound else "about ", _fmt(capped_rate_mibps))
     )
+    if course.converges:
+        body = (
+            "it converges after %d rounds: %s MiB in %s s, the guest capped for all of it, %s MiB left for a "
+            "pause of about %s ms." % (course.rounds, _fmt(course.transferred_mib), _fmt(course.total_s),
+                                       _fmt(course.stop_copy_mib), _fmt(course.downtime_ms, 0))
+        )
+    else:
+        body = ("rounds still never fit max_downtime_ms=%s; allow_postcopy=true or a higher bandwidth_mibps would "
+                "finish it." % _fmt(inputs.max_downtime_ms, 0))
+    return dataclasses.replace(course, reason="%s, %s" % (lead, body))
 
 
 def _required_bandwidth_mibps(inputs: MigrationInputs) -> float:

@@ -275,6 +275,8 @@ class MigrationPlan:
     the cap to restore for memory once the disks are in sync, when the copy of
     several disks started with the cap shared among them. features: the pair's
     newer features (_features.pair_features), each with whether this plan uses it.
+    cap_vcpus: a layered pre-copy predicted not to converge caps the guest's
+    vCPUs from the first page where the source can (see _throttle).
     """
 
     strategy: str
@@ -289,6 +291,7 @@ class MigrationPlan:
     copied_disks: t.Tuple[str, ...] = ()
     memory_bandwidth_mibps: t.Optional[int] = None
     features: t.Dict[str, t.Dict[str, t.Any]] = dataclasses.field(default_factory=dict)
+    cap_vcpus: bool = False
 
     @property
     def flag_names(self) -> t.List[str]:
@@ -307,6 +310,7 @@ class MigrationPlan:
             "switch_after_mib": None if self.switch_after_mib is None else round(self.switch_after_mib, 1),
             "copied_disks": list(self.copied_disks),
             "features": {name: dict(feature) for name, feature in self.features.items()},
+            "cap_vcpus": self.cap_vcpus,
         }
 
 
@@ -459,6 +463,9 @@ def plan_migration(
         copied_disks=tuple(copied_disks),
         memory_bandwidth_mibps=memory_bandwidth,
         features={name: dict(feature, used=used.get(name, False)) for name, feature in (features or {}).items()},
+        # Only where the model sized a throttle (pre-copy alone would not converge), and not during a storage
+        # copy: the guest would be slowed for the whole disk copy, before memory moves.
+        cap_vcpus=ramp and prediction is not None and prediction.strategy == "layered" and not copied_disks,
     )
 
 
@@ -1109,6 +1116,8 @@ def _shown_params(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     shown = dict(params)
     if "compression.xbzrle.cache" in shown:
         shown["compression.xbzrle.cache"] = "%d MiB" % (shown["compression.xbzrle.cache"] // MIB)
+    if "destination_xml" in shown:
+        shown["destination_xml"] = "the domain's XML from before the vCPU cap"
     return shown
 
 

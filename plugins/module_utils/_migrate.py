@@ -33,14 +33,18 @@ from ansible_collections.strata.migration.plugins.module_utils._compaction impor
     parse_compaction_record,
 )
 from ansible_collections.strata.migration.plugins.module_utils._convergence import (
+    AUTO_CONVERGE_MAX_PERCENT,
+    MigrationInputs,
     Prediction,
     auto_converge_percents,
     choose_strategy,
+    predict_capped,
     predict_throttled,
     with_storage_copy,
 )
 from ansible_collections.strata.migration.plugins.module_utils._engine import (
     ABORT_GRACE_S,
+    JOB_NONE,
     POLL_S,
     POSTCOPY_GRACE_S,
     EngineOptions,
@@ -57,8 +61,10 @@ from ansible_collections.strata.migration.plugins.module_utils._engine import (
 )
 from ansible_collections.strata.migration.plugins.module_utils._features import HostVersions, pair_features
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
+    DIRTY_RATE_DEFAULT_GRACE_S,
     DomainFacts,
     domain_state_name,
+    measure_dirty_rate,
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
@@ -69,6 +75,17 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     libvirt_error_code,
     find_domain,
     redact_uri,
+)
+from ansible_collections.strata.migration.plugins.module_utils._throttle import (
+    SIZED_UNRESPONSIVE,
+    apply_cap,
+    capped_rate_mibps,
+    corrected_cap_percent,
+    first_cap_percent,
+    lift_cap,
+    parse_record,
+    quota_us,
+    read_bandwidth,
 )
 from ansible_collections.strata.migration.plugins.module_utils._preflight import (
     PreflightData,
@@ -96,6 +113,8 @@ COMPLETED_EVENT_WAIT_S = 2.0
 DOMAIN_RUNNING = 1
 PAUSED_MIGRATION = 2
 ERR_MIGRATE_UNSAFE = 81
+# virDomainXMLFlags: the XML the destination starts from (secure: with any passwords the guest uses).
+XML_SECURE_MIGRATABLE = 1 | 8
 ERR_NO_STORAGE_VOL = 50
 LIST_POOLS_ACTIVE = 2
 UNSAFE_HINT = (
@@ -281,6 +300,7 @@ class _Predicted:
     inputs: t.Optional[t.Dict[str, t.Any]] = None
     precopy_converges: t.Optional[bool] = None
     auto_converge: t.Optional[t.Tuple[int, int]] = None
+    model_inputs: t.Optional[MigrationInputs] = None
 
 
 def _prediction_for(
@@ -307,7 +327,7 @@ def _prediction_for(
         chosen = next(c for c in candidates if c.strategy == wanted)
     described = inputs.to_dict()
     described["bandwidth_assumed"] = not options.bandwidth_mibps
-    return _Predicted(chosen, described, precopy.converges, auto_converge)
+    return _Predicted(chosen, described, precopy.converges, auto_converge, inputs)
 
 
 def _storage_copy_mib(disks: t.Sequence[t.Any], copied: t.Sequence[str], field: str = "allocation_bytes") -> float:
@@ -387,6 +407,8 @@ class _Run:
         self.event = self.timeline.add
         self.progress = ProgressReporter(name, progress_sink, self.timeline)
         self.migration_client = source.another()
+        # The vCPU cap in force, while it is (see cap_vcpus).
+        self.cap: t.Optional[t.Dict[str, t.Any]] = None
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
@@ -400,6 +422,7 @@ class _Run:
             "preflight": None,
             "placement": None,
             "removed_volumes": [],
+            "vcpu_cap": None,
         }
 
     def fail(self, msg: str, **details: t.Any) -> MigrationError:
@@ -456,6 +479,8 @@ class _Run:
         dom = find_domain(self.source.conn, self.name)
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
             return self.resume_broken_postcopy(dom, check_mode)
+        if dom is not None and parse_record(dom.XMLDesc(0)) is not None and dom.jobInfo()[0] == JOB_NONE:
+            self.lift_leftover_cap(dom, check_mode)
         # The guest's balloon report before the dirty-rate measurement: the one it sends during it is new
         # enough for compaction, which then waits for none.
         seen_last_update = _stats_timestamp(dom)
@@ -509,8 +534,14 @@ class _Run:
         self.result["changed"] = True
         if check_mode:
             return self.result
-        self.migrate(dom, plan, predicted.precopy_converges, compact and self.result["compaction"] is not None,
-                     [d for d in data.disks if d.target in copied])
+        try:
+            if plan.cap_vcpus:
+                plan = self.cap_vcpus(dom, plan, predicted)
+            self.migrate(dom, plan, predicted.precopy_converges, compact and self.result["compaction"] is not None,
+                         [d for d in data.disks if d.target in copied])
+        except BaseException:
+            self.lift_cap_after_error()
+            raise
         return self.result
 
     def resume_broken_postcopy(self, dom: t.Any, check_mode: bool) -> t.Dict[str, t.Any]:
@@ -539,6 +570,106 @@ class _Run:
         self.finish_failure(dom, outcome, was_running=False, compacted=False)
         return self.result
 
+    # The vCPU cap (see _throttle) ---------------------------------------------------
+
+    def cap_vcpus(self, dom: t.Any, plan: MigrationPlan, predicted: _Predicted) -> MigrationPlan:
+        """Cap the vCPUs before the job, sized from the dirty rate and checked by one measurement under it.
+
+        Returns the plan the job runs: it carries the domain's XML from before the cap, so the
+        destination starts without it. A source that cannot limit vCPUs keeps auto-converge alone.
+        From the first change on, self.cap says a cap may be in force (see lift_cap_after_error).
+        """
+        inputs = predicted.model_inputs
+        original = read_bandwidth(dom)
+        if original is None or inputs is None:
+            self.event("layer", layer=3, action="vcpu_cap", applied=False,
+                       note="the source cannot limit vCPU bandwidth (no cgroup cpu controller): auto-converge alone")
+            return plan
+        destination_xml = dom.XMLDesc(XML_SECURE_MIGRATABLE)
+        probe_percent = first_cap_percent(inputs.dirty_rate_mibps, inputs.bandwidth_mibps, original)
+        self.cap = {"percent": probe_percent, "original_quota_us": original.quota_us, "capped_at": self.clock()}
+        apply_cap(dom, original, probe_percent)
+        # The same window as the uncapped measurement, so the two rates compare.
+        window_s = max(self.preflight_options.measure_dirty_rate_s, 1)
+        probe_mibps = measure_dirty_rate(dom, window_s, window_s + DIRTY_RATE_DEFAULT_GRACE_S,
+                                         sleep=self.sleep, clock=self.clock)
+        percent, sized = corrected_cap_percent(probe_percent, inputs.dirty_rate_mibps, probe_mibps,
+                                               inputs.bandwidth_mibps, original.period_us)
+        if percent != probe_percent:
+            apply_cap(dom, original, percent)
+        expected = capped_rate_mibps(percent, probe_percent, probe_mibps)
+        auto_converge = predicted.auto_converge or (AUTO_CONVERGE_MAX_PERCENT, 1)
+        prediction = predict_capped(inputs, percent, expected, auto_converge,
+                                    rate_is_lower_bound=sized == SIZED_UNRESPONSIVE)
+        self.result["prediction"] = _prediction_dict(prediction, predicted.inputs)
+        self.cap.update(
+            percent=percent,
+            quota_us=quota_us(original.period_us, percent),
+            period_us=original.period_us,
+            probe_percent=probe_percent,
+            probe_dirty_rate_mibps=probe_mibps,
+            sized=sized,
+            expected_dirty_rate_mibps=round(expected, 1),
+        )
+        self.event("layer", layer=3, action="vcpu_cap", applied=True,
+                   **{k: v for k, v in self.cap.items() if k != "capped_at"})
+        # Capped, rounds shrink fast: the downtime ramp would only add passes (seen: two more, 0.8 s).
+        steps = (self.options.max_downtime_ms,)
+        self.result["strategy"]["downtime_steps_ms"] = list(steps)
+        return dataclasses.replace(plan, params=dict(plan.params, destination_xml=destination_xml),
+                                   downtime_steps_ms=steps)
+
+    def lift_cap(self, dom: t.Any, host: str, why: str) -> bool:
+        """Give the vCPUs their bandwidth back where the domain still runs; False (and said) when that failed."""
+        try:
+            original = lift_cap(dom)
+        except (LibvirtError, StrataError) as exc:
+            self.event("restore", host=host, what="vcpu_cap", error=str(exc),
+                       note="lift it with `virsh schedinfo %s --live vcpu_quota=-1`" % self.name)
+            self.finish_cap(lifted_on=None)
+            return False
+        if original is not None:
+            self.event("restore", host=host, what="vcpu_cap", quota_us=original.quota_us, why=why)
+        self.finish_cap(lifted_on=host)
+        return True
+
+    def lift_cap_after_error(self) -> None:
+        """An exception stops the run: lift a cap still in force on the source, never hiding the exception."""
+        if self.cap is None or "held_s" in self.cap:
+            return
+        why = "the migration did not complete" if "sized" in self.cap else "the cap could not be sized"
+        try:
+            dom = find_domain(self.source.conn, self.name)
+        except (LibvirtError, StrataError) as exc:
+            self.event("restore", host="source", what="vcpu_cap", error=str(exc),
+                       note="lift it with `virsh schedinfo %s --live vcpu_quota=-1`" % self.name)
+            self.finish_cap(lifted_on=None)
+            return
+        if dom is not None:
+            self.lift_cap(dom, "source", why)
+
+    def lift_leftover_cap(self, dom: t.Any, check_mode: bool) -> None:
+        why = "an earlier run was cut short while the domain's vCPUs were capped"
+        if check_mode:
+            self.event("restore", host="source", what="vcpu_cap", why=why, note="check mode: left as it is")
+            return
+        self.result["changed"] = True
+        if not self.lift_cap(dom, "source", why):
+            # Sizing a new cap now would take the capped quota for the domain's own.
+            raise self.fail(
+                "domain '%s' still has the vCPU cap of an earlier run that was cut short, and lifting it failed "
+                "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_quota=-1` (or the quota it had), "
+                "then run the task again; nothing was migrated" % (self.name, self.name)
+            )
+
+    def finish_cap(self, lifted_on: t.Optional[str]) -> None:
+        """How long the guest was capped, and where it runs at full speed again (None: nowhere yet)."""
+        if self.cap is None or "held_s" in self.cap:
+            return
+        self.cap["held_s"] = round(self.clock() - self.cap.pop("capped_at"), 2)
+        self.cap["lifted_on"] = lifted_on
+        self.result["vcpu_cap"] = self.cap
+
     def migrate(
         self, dom: t.Any, plan: MigrationPlan, precopy_converges: t.Optional[bool], compacted: bool,
         copied_disks: t.Sequence[t.Any] = (),
@@ -556,6 +687,11 @@ class _Run:
                     outcome, completed_stats = self.recover_postcopy(migrating_dom, dom, plan, outcome)
             finally:
                 job.close()
+        if outcome.completed and self.cap is not None:
+            # The destination started from the XML of before the cap; what it runs with is reported.
+            self.finish_cap(lifted_on="destination")
+            started_with = read_bandwidth(self.destination.conn.lookupByName(self.name))
+            self.cap["destination_quota_us"] = started_with.quota_us if started_with else None
         self.result["shaking"] = outcome.shaking
         if outcome.completed:
             self.finish_success(completed_stats, outcome, compacted)
@@ -720,6 +856,12 @@ class _Run:
     def finish_failure(self, dom: t.Any, outcome: t.Any, was_running: bool, compacted: bool) -> None:
         self.progress("verifying")
         where = self.verify()
+        if self.cap is not None and _active(where["source"]) and not outcome.still_running:
+            self.lift_cap(dom, "source", "the migration did not complete")
+        elif self.cap is not None:
+            # A job libvirt still runs holds the domain: a change of quota would wait for it. The record
+            # stays, so the next run lifts the cap if the guest is still on its source then.
+            self.finish_cap(lifted_on=None)
         source = where["source"]
         if (
             was_running and not outcome.postcopy_started and source["state"] == "paused"
@@ -755,6 +897,10 @@ class _Run:
         msg = "live migration of domain '%s' from %s to %s failed: %s; the domain %s" % (
             self.name, redact_uri(self.source.uri), redact_uri(self.destination.uri), cause, runs_on,
         )
+        if self.cap is not None and self.cap.get("lifted_on") is None and _active(where["source"]):
+            msg += ("; its vCPUs are still capped at %s%% of a CPU (vcpu_cap): once libvirt has ended the job, run "
+                    "the task again (it lifts the cap first) or lift it with `virsh schedinfo %s --live "
+                    "vcpu_quota=%d`" % (self.cap["percent"], self.name, self.cap["original_quota_us"]))
         if outcome.hint:
             msg += "; to change the outcome: %s" % outcome.hint
         elif outcome.postcopy_started:

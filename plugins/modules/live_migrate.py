@@ -403,7 +403,9 @@ prediction:
     - The convergence model's prediction for the strategy that ran, with its inputs, to set beside RV(stats).
     - Without post-copy, a guest that pre-copy alone cannot move is predicted as pre-copy under the auto-converge
       throttle the engine sized from the dirty rate (C(strategy) V(layered), C(throttle_percents) the throttle in
-      each live round; QEMU throttles from the third round).
+      each live round; QEMU throttles from the third round). Where the source caps the vCPUs (RV(vcpu_cap)), the
+      prediction is redone once the cap is sized, as pre-copy at the dirty rate measured under the cap from the
+      first page.
     - With a storage copy, C(disk_copy_mib) and C(disk_copy_s) are the disks' data and its copy time, counted in
       C(transferred_mib) and C(total_s).
     - Null when the dirty rate was not measured.
@@ -416,7 +418,8 @@ timeline:
     - "Events: V(layer) (C(layer) 0 measure, 1 compaction, 2 pre-copy start with flags and parameters, 3 post-copy
       switch), V(downtime) (a new target), V(iteration) (a pass began: C(iteration), C(remaining_mib),
       C(processed_mib), C(dirty_rate_mibps), C(throughput_mibps), C(throttle_percent)), V(layer) with C(layer) 3
-      and C(action) V(xbzrle) (the verdict on XBZRLE: C(paying), C(detail)), V(shaking) (C(rule),
+      and C(action) V(xbzrle) (the verdict on XBZRLE: C(paying), C(detail)), V(layer) with C(layer) 3 and
+      C(action) V(vcpu_cap) (the cap set before the job, or why none), V(shaking) (C(rule),
       C(detail)), V(guard) and V(abort), V(complete) or V(failed), V(postcopy_recovery) (an attempt to resume a
       broken post-copy), V(resume) (a source left paused by the failure was resumed), V(restore), V(preflight)."
     - "A storage copy adds V(layer) events with C(layer) V(storage) (C(action) V(plan), then V(disks in sync)),
@@ -504,6 +507,24 @@ restore:
     null when it did not run.
   returned: when a migration ran
   type: dict
+vcpu_cap:
+  description:
+    - How much and for how long the guest was slowed by the vCPU cap, set before the job when pre-copy alone would
+      not converge and post-copy is not allowed (the source needs libvirt's vCPU bandwidth, a cgroup cpu
+      controller); null when no cap was set.
+    - C(percent) of a CPU each vCPU got (C(quota_us) per C(period_us); C(original_quota_us) what it had, -1 for
+      no limit), C(probe_percent) and C(probe_dirty_rate_mibps) the measurement under the first cap that sized
+      it, C(sized) how (V(on_target), V(in_proportion), or V(unresponsive) when the rate did not fall and the
+      cap went to the smallest quota), C(expected_dirty_rate_mibps), C(held_s) from the cap to the end of the
+      job, C(lifted_on) (V(destination), which started from the domain's XML of before the cap, V(source) after
+      a failure, or null when the cap is still in force because lifting it failed or libvirt still held the
+      job; the next run lifts it first) and, after success, C(destination_quota_us), the quota the domain runs
+      with there.
+  returned: when a migration ran
+  type: dict
+  sample: {"percent": 1.0, "quota_us": 1000, "period_us": 100000, "original_quota_us": -1, "probe_percent": 12.0,
+           "probe_dirty_rate_mibps": 128.0, "sized": "unresponsive", "expected_dirty_rate_mibps": 10.7, "held_s": 7.4,
+           "lifted_on": "destination", "destination_quota_us": -1}
 preflight:
   description: The pre-flight findings (C(enforced), C(passed), C(findings), C(failed_checks), C(warned_checks)).
   returned: always

@@ -151,3 +151,50 @@ def test_a_host_whose_guests_run_without_libvirtd_stays_in_the_lab(monkeypatch, 
     assert stopped == []
     assert [h.name for h in lab_config.LabState.load(tmp_path).hosts] == ["hv1"]
     assert [h.name for h in lab_main._surplus_hosts(tmp_path, dataclasses.replace(state, hosts=[]))] == ["hv1"]
+
+
+# ---- cgroups: each host's libvirtd in a cgroup namespace of its own -------------------------
+
+HYBRID_MOUNTS = """tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+"""
+
+
+@pytest.mark.parametrize("mounts, expected", [
+    (HYBRID_MOUNTS, (Path("/sys/fs/cgroup/cpu"), "cpu")),
+    ("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,cpu,cpuacct 0 0\n",
+     (Path("/sys/fs/cgroup/cpu,cpuacct"), "cpu,cpuacct")),
+    ("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n", None),
+])
+def test_the_cpu_hierarchy_is_found_in_the_mount_table(mounts, expected):
+    assert lab_hosts.cpu_hierarchy_in(mounts) == expected
+
+
+def lab_host(tmp_path):
+    return lab_config.HostSpec(name="hv1", index=1, address="127.0.0.11", host_uuid="u", migration_port_min=1,
+                               migration_port_max=2, memory_capacity_mib=1024, root=str(tmp_path))
+
+
+def test_with_cgroup_v1_each_host_runs_in_a_cgroup_namespace_rooted_at_its_own_cgroup(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab_hosts, "cpu_hierarchy", lambda: (Path("/sys/fs/cgroup/cpu"), "cpu"))
+    host = lab_host(tmp_path)
+    command = lab_hosts._start_command(host)
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert "echo $$ > /sys/fs/cgroup/cpu/strata-lab/hv1/cgroup.procs && exec unshare" in command[2]
+    assert "--cgroup" in command[2]
+    script = command[-1]
+    # Remounted inside the namespace, the hierarchy's root is the host's cgroup; the empty v2 one goes.
+    assert "mount -t cgroup -o cpu strata-lab-cpu /sys/fs/cgroup/cpu" in script
+    assert "umount /sys/fs/cgroup/unified" in script
+    assert script.index("strata-lab-cpu") < script.index("exec libvirtd")
+    assert 'cgroup_controllers = [ "cpu" ]' in lab_hosts.render_qemu_conf(host)
+
+
+def test_without_cgroup_v1_the_lab_runs_without_cgroups(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab_hosts, "cpu_hierarchy", lambda: None)
+    host = lab_host(tmp_path)
+    assert lab_hosts._start_command(host)[:6] == ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
+    assert "strata-lab-cpu" not in lab_hosts._start_script(host)
+    assert "cgroup_controllers = [  ]" in lab_hosts.render_qemu_conf(host)

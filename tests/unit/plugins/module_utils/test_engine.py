@@ -421,6 +421,7 @@ def test_plan_to_dict_names_flags_and_params():
         "switch_after_mib": None,
         "copied_disks": [],
         "features": {},
+        "cap_vcpus": False,
     }
     assert described["params"]["bandwidth"] == 50
 

@@ -1,0 +1,177 @@
+# Copyright (c) strata.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The vCPU cap: a shaking guest's vCPUs held to a share of a CPU while it migrates.
+
+This module is internal to the strata.migration collection. It is not a public
+API and may change without notice.
+
+QEMU's auto-converge throttles a guest only from its third pass (two passes
+that dirtied too much come first), so a hot set rewritten faster than the link
+is sent whole at least twice before anything slows it. libvirt's vCPU
+bandwidth (the cgroup cpu controller's quota, `vcpu_quota`) slows the guest
+from the first page instead. libvirt refuses to change it while a migration
+job runs, so the cap is set before the job and held to its end; auto-converge
+stays on top of it as the escalation for passes that still do not shrink.
+
+The cap is sized from the ratio of dirty rate to bandwidth, then checked by
+one measurement under the cap: a dirty rate measured in a 1 s window counts
+each page once, so a hot set rewritten many times a second shows only its own
+size, and a cap sized from that would barely slow it. A rate that did not
+fall under the cap reveals that, and the cap goes to the smallest quota.
+
+The destination starts without the cap (the migration carries the domain's
+XML from before it), and a failed migration lifts it on the source. The
+domain's live metadata records the original quota, so a run cut short (a
+killed controller) leaves a record the next run lifts the cap from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing as t
+import xml.etree.ElementTree as ET
+
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import LibvirtError, StrataError
+
+# The dirty rate the cap aims for, as a share of the bandwidth: each pass then re-dirties at most a
+# quarter of what it sent, so pre-copy ends within about a third of a pass after the first.
+CAP_TARGET_FRACTION = 0.25
+# The kernel's smallest CFS quota (libvirt refuses less).
+MIN_QUOTA_US = 1000
+# A rate measured under the cap that is still above this share of the uncapped one did not respond:
+# the uncapped measurement saw only the hot set's size, not how often it is rewritten.
+RESPONSE_FRACTION = 0.8
+# virDomainModificationImpact and virDomainMetadataType (numeric, so this imports without libvirt).
+AFFECT_LIVE = 1
+METADATA_ELEMENT = 2
+RECORD_NAMESPACE = "https://strata-migration.github.io/xmlns/vcpu-cap/1"
+RECORD_PREFIX = "strata-cap"
+RECORD_ELEMENT = "vcpu-cap"
+
+
+@dataclasses.dataclass(frozen=True)
+class VcpuBandwidth:
+    """A domain's live vCPU bandwidth: quota_us of CPU per period_us for each vCPU (quota <= 0: no limit)."""
+
+    period_us: int
+    quota_us: int
+
+    def percent(self) -> float:
+        """The share of a CPU each vCPU may use, 100 when unlimited."""
+        if self.quota_us <= 0 or self.period_us <= 0:
+            return 100.0
+        return min(100.0, 100.0 * self.quota_us / self.period_us)
+
+
+def min_cap_percent(period_us: int) -> float:
+    """The strongest cap the period allows (MIN_QUOTA_US of each period)."""
+    return min(100.0, 100.0 * MIN_QUOTA_US / period_us)
+
+
+def quota_us(period_us: int, percent: float) -> int:
+    """The quota giving `percent` of each period, never below MIN_QUOTA_US."""
+    return max(MIN_QUOTA_US, int(period_us * percent / 100.0))
+
+
+def first_cap_percent(dirty_rate_mibps: float, bandwidth_mibps: float, original: VcpuBandwidth) -> float:
+    """The cap that brings the measured dirty rate to CAP_TARGET_FRACTION of the bandwidth, as if linear.
+
+    Never looser than the domain's own limit, never tighter than the period allows.
+    """
+    ceiling = original.percent()
+    if dirty_rate_mibps <= 0:
+        return ceiling
+    wanted = math.ceil(100.0 * CAP_TARGET_FRACTION * bandwidth_mibps / dirty_rate_mibps)
+    return max(min(float(wanted), ceiling), min_cap_percent(original.period_us))
+
+
+# How corrected_cap_percent sized the cap.
+SIZED_ON_TARGET = "on_target"
+SIZED_IN_PROPORTION = "in_proportion"
+SIZED_UNRESPONSIVE = "unresponsive"
+
+
+def corrected_cap_percent(
+    cap_percent: float, uncapped_mibps: float, capped_mibps: float, bandwidth_mibps: float, period_us: int
+) -> t.Tuple[float, str]:
+    """The cap to migrate with, from the rate measured under cap_percent, and how it was sized.
+
+    On target: kept. Fallen but still above target: tightened in proportion. Not fallen
+    (the uncapped measurement saw only the hot set's size): the strongest cap.
+    """
+    target = CAP_TARGET_FRACTION * bandwidth_mibps
+    if capped_mibps <= target:
+        return cap_percent, SIZED_ON_TARGET
+    floor = min_cap_percent(period_us)
+    if capped_mibps < RESPONSE_FRACTION * uncapped_mibps:
+        return max(min(cap_percent, math.floor(cap_percent * target / capped_mibps)), floor), SIZED_IN_PROPORTION
+    return floor, SIZED_UNRESPONSIVE
+
+
+def capped_rate_mibps(cap_percent: float, probe_percent: float, probe_mibps: float) -> float:
+    """The dirty rate expected under cap_percent, in proportion to the one measured under probe_percent.
+
+    When the probe's rate did not respond this is a lower bound: the probe saw only the hot set's size.
+    """
+    return probe_mibps * cap_percent / probe_percent
+
+
+# ---- the record in the domain's metadata -------------------------------------
+
+
+def render_record(original: VcpuBandwidth, cap_percent: float) -> str:
+    element = ET.Element(RECORD_ELEMENT)
+    element.set("period_us", str(original.period_us))
+    element.set("quota_us", str(original.quota_us))
+    element.set("cap_percent", "%g" % cap_percent)
+    return ET.tostring(element, encoding="unicode")
+
+
+def parse_record(domain_xml: str) -> t.Optional[VcpuBandwidth]:
+    """The original bandwidth recorded in a domain's XML description; None without a record."""
+    element = ET.fromstring(domain_xml).find("metadata/{%s}%s" % (RECORD_NAMESPACE, RECORD_ELEMENT))
+    if element is None:
+        return None
+    try:
+        return VcpuBandwidth(period_us=int(element.get("period_us", "")), quota_us=int(element.get("quota_us", "")))
+    except ValueError as exc:
+        raise StrataError(
+            "the vCPU cap record in the domain's metadata (%s) is not readable: %s; set the quota the domain "
+            "should have with `virsh schedinfo <domain> --live vcpu_quota=-1`, then remove the record with "
+            "`virsh metadata <domain> %s --live --remove`" % (RECORD_NAMESPACE, exc, RECORD_NAMESPACE)
+        ) from exc
+
+
+# ---- libvirt ----------------------------------------------------------------------
+
+
+def read_bandwidth(dom: t.Any) -> t.Optional[VcpuBandwidth]:
+    """The domain's live vCPU bandwidth; None when the host cannot limit it (no cgroup cpu controller)."""
+    try:
+        params = dom.schedulerParametersFlags(AFFECT_LIVE)
+    except LibvirtError:  # libvirt: "cgroup CPU controller is not mounted"
+        return None
+    if "vcpu_quota" not in params or "vcpu_period" not in params:
+        return None
+    return VcpuBandwidth(period_us=int(params["vcpu_period"]), quota_us=int(params["vcpu_quota"]))
+
+
+def apply_cap(dom: t.Any, original: VcpuBandwidth, cap_percent: float) -> None:
+    """Record the original bandwidth, then cap the vCPUs (live only: the persistent definition keeps its own)."""
+    dom.setMetadata(METADATA_ELEMENT, render_record(original, cap_percent), RECORD_PREFIX, RECORD_NAMESPACE,
+                    AFFECT_LIVE)
+    dom.setSchedulerParametersFlags({"vcpu_quota": quota_us(original.period_us, cap_percent)}, AFFECT_LIVE)
+
+
+def lift_cap(dom: t.Any) -> t.Optional[VcpuBandwidth]:
+    """Give the vCPUs back the bandwidth the record names and drop the record; None when there was none."""
+    original = parse_record(dom.XMLDesc(0))
+    if original is None:
+        return None
+    dom.setSchedulerParametersFlags({"vcpu_period": original.period_us, "vcpu_quota": original.quota_us},
+                                    AFFECT_LIVE)
+    dom.setMetadata(METADATA_ELEMENT, None, None, RECORD_NAMESPACE, AFFECT_LIVE)
+    return original
