@@ -384,6 +384,11 @@ strategy:
       description: Targets of the disks the storage copy takes along (O(copy_storage)); empty without one.
       type: list
       elements: str
+    cap_vcpus:
+      description:
+        - Whether the guest's vCPUs are capped before the job where the source can (pre-copy alone predicted not to
+          converge, no post-copy, no storage copy); RV(vcpu_cap) says what was done.
+      type: bool
     features:
       description:
         - The newer migration features, by name, decided from the libvirt and QEMU versions both hosts report (libvirt
