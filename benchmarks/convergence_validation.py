@@ -39,7 +39,7 @@ import migration_runner
 from labkit import create_guest, delete_guest
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-CONSOLES_DIR = "/var/lib/strata-lab/consoles"
+CONSOLES_DIR = labkit.CONSOLES_DIR
 SRC_URI = "qemu+tcp://127.0.0.11/system"
 DST_URI = "qemu+tcp://127.0.0.12/system"
 GUEST_MEMORY_MIB = 256
@@ -51,7 +51,7 @@ TOLERANCE = 0.30
 CALIBRATION_MEMORY_MIB = 512
 # Heartbeats come every 5 s; wait a little longer for the first one after the move.
 HEARTBEAT_WAIT_S = 8.0
-GUEST_FAILURE = re.compile(r"Kernel panic|Oops:|BUG: ")
+GUEST_FAILURE = labkit.GUEST_FAILURE
 
 
 labkit.use_collection()

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -57,6 +58,21 @@ def lab_retrying(*args: str) -> t.Any:
 
 def create_guest(name: str, host: str, memory_mib: int, workload: str = "idle") -> t.Dict[str, t.Any]:
     return lab("guest", "create", name, "--host", host, "--memory-mib", str(memory_mib), "--workload", workload)
+
+
+# Where the lab keeps each guest's serial console, and what a guest kernel that failed prints there.
+CONSOLES_DIR = "/var/lib/strata-lab/consoles"
+GUEST_FAILURE = re.compile(r"Kernel panic|Oops:|BUG: ")
+
+
+def guest_failures(name: str) -> t.List[str]:
+    """The console lines of a guest kernel failure (oops, BUG, panic) so far; read before the guest is deleted."""
+    try:
+        with open(os.path.join(CONSOLES_DIR, "%s.log" % name), "rb") as handle:
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if GUEST_FAILURE.search(line)]
 
 
 def delete_guest(name: str) -> None:

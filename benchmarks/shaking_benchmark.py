@@ -107,8 +107,12 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
             row = lmb.run_engine(args, src_uri, dst_uri, name, allow_postcopy=method == "engine_postcopy")
             row.pop("timeline", None)
         running = migration_runner.domain_running_on([src_uri, dst_uri], name)
+        # A job can complete with the guest's kernel dead (stale pages): such a run did not complete.
+        failures = labkit.guest_failures(name)
     finally:
         labkit.lab_retrying("guest", "delete", name)
+    if failures:
+        row.update(completed=False, error="the guest's kernel failed: %s" % " | ".join(failures[:3]))
     highest, throttled_s = throttle_figures(row.get("remaining_timeline") or [])
     cap = row.get("vcpu_cap") or {}
     for point in row.get("remaining_timeline") or []:
@@ -125,6 +129,7 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
         "vcpu_cap_percent": cap.get("percent"),
         "vcpu_capped_s": cap.get("held_s"),
         "running_on": "destination" if dst_uri in running else "source" if src_uri in running else None,
+        "guest_failures": failures,
     }, **row)
 
 
@@ -211,7 +216,7 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         labkit.migration_intro("shaking_benchmark.py", env, params),
         "",
         "Methods: `baseline` plain libvirt; `virsh_tuned` plain libvirt with auto-converge %d%% + %d%% steps; "
-        "`engine` live_migrate's engine without post-copy; `virsh_postcopy` plain libvirt post-copy switched "
+        "`engine` live_migrate's engine without post-copy, with `cap_vcpus`; `virsh_postcopy` plain libvirt post-copy switched "
         "after the first pass; `engine_postcopy` the engine with allow_postcopy." % HAND_TUNED_AUTO_CONVERGE,
         "",
         "Cases: " + "; ".join("`%s` %d MiB, %d vCPU(s), `%s` (%s)" % ((case,) + CASES[case][:4])

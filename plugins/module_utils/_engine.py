@@ -132,6 +132,7 @@ class EngineOptions:
     switchover_bandwidth_mibps: int = 0
     timeout_s: int = DEFAULT_TIMEOUT_S
     allow_postcopy: bool = False
+    cap_vcpus: bool = False
     parallel_connections: int = 1
     compression: t.Optional[t.Tuple[str, ...]] = None
     tls: bool = False
@@ -160,6 +161,7 @@ def engine_options(
     switchover_bandwidth_mibps: int = 0,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     allow_postcopy: bool = False,
+    cap_vcpus: bool = False,
     parallel_connections: int = 1,
     compression: t.Optional[t.Sequence[str]] = None,
     tls: bool = False,
@@ -236,6 +238,7 @@ def engine_options(
         switchover_bandwidth_mibps=int(switchover_bandwidth_mibps),
         timeout_s=int(timeout_s),
         allow_postcopy=bool(allow_postcopy),
+        cap_vcpus=bool(cap_vcpus),
         parallel_connections=int(parallel_connections),
         compression=methods,
         tls=bool(tls),
@@ -463,9 +466,10 @@ def plan_migration(
         copied_disks=tuple(copied_disks),
         memory_bandwidth_mibps=memory_bandwidth,
         features={name: dict(feature, used=used.get(name, False)) for name, feature in (features or {}).items()},
-        # Only where the model sized a throttle (pre-copy alone would not converge), and not during a storage
-        # copy: the guest would be slowed for the whole disk copy, before memory moves.
-        cap_vcpus=ramp and prediction is not None and prediction.strategy == "layered" and not copied_disks,
+        # Asked for, and only where the model sized a throttle (pre-copy alone would not converge), and not
+        # during a storage copy: the guest would be slowed for the whole disk copy, before memory moves.
+        cap_vcpus=options.cap_vcpus and ramp and prediction is not None and prediction.strategy == "layered"
+        and not copied_disks,
     )
 
 

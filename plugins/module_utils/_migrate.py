@@ -77,10 +77,14 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     redact_uri,
 )
 from ansible_collections.strata.migration.plugins.module_utils._throttle import (
+    DEFAULT_PERIOD_US,
+    NO_QUOTA,
     SIZED_UNRESPONSIVE,
     apply_cap,
     capped_rate_mibps,
     corrected_cap_percent,
+    VcpuBandwidth,
+    cap_period_us,
     first_cap_percent,
     lift_cap,
     parse_record,
@@ -586,26 +590,28 @@ class _Run:
                        note="the source cannot limit vCPU bandwidth (no cgroup cpu controller): auto-converge alone")
             return plan
         destination_xml = dom.XMLDesc(XML_SECURE_MIGRATABLE)
-        probe_percent = first_cap_percent(inputs.dirty_rate_mibps, inputs.bandwidth_mibps, original)
-        self.cap = {"percent": probe_percent, "original_quota_us": original.quota_us, "capped_at": self.clock()}
-        apply_cap(dom, original, probe_percent)
+        period = cap_period_us(self.options.max_downtime_ms)
+        probe_percent = first_cap_percent(inputs.dirty_rate_mibps, inputs.bandwidth_mibps, original, period)
+        self.cap = {"percent": probe_percent, "original_quota_us": original.quota_us,
+                    "original_period_us": original.period_us, "capped_at": self.clock()}
+        apply_cap(dom, original, probe_percent, period)
         # The same window as the uncapped measurement, so the two rates compare.
         window_s = max(self.preflight_options.measure_dirty_rate_s, 1)
         probe_mibps = measure_dirty_rate(dom, window_s, window_s + DIRTY_RATE_DEFAULT_GRACE_S,
                                          sleep=self.sleep, clock=self.clock)
         percent, sized = corrected_cap_percent(probe_percent, inputs.dirty_rate_mibps, probe_mibps,
-                                               inputs.bandwidth_mibps, original.period_us)
+                                               inputs.bandwidth_mibps, period)
         if percent != probe_percent:
-            apply_cap(dom, original, percent)
+            apply_cap(dom, original, percent, period)
         expected = capped_rate_mibps(percent, probe_percent, probe_mibps)
         auto_converge = predicted.auto_converge or (AUTO_CONVERGE_MAX_PERCENT, 1)
         prediction = predict_capped(inputs, percent, expected, auto_converge,
                                     rate_is_lower_bound=sized == SIZED_UNRESPONSIVE)
         self.result["prediction"] = _prediction_dict(prediction, predicted.inputs)
         self.cap.update(
-            percent=percent,
-            quota_us=quota_us(original.period_us, percent),
-            period_us=original.period_us,
+            percent=round(percent, 2),
+            quota_us=quota_us(period, percent),
+            period_us=period,
             probe_percent=probe_percent,
             probe_dirty_rate_mibps=probe_mibps,
             sized=sized,
@@ -624,12 +630,11 @@ class _Run:
         try:
             original = lift_cap(dom)
         except (LibvirtError, StrataError) as exc:
-            self.event("restore", host=host, what="vcpu_cap", error=str(exc),
-                       note="lift it with `virsh schedinfo %s --live vcpu_quota=-1`" % self.name)
-            self.finish_cap(lifted_on=None)
+            self.cap_left_in_force(host, exc)
             return False
         if original is not None:
-            self.event("restore", host=host, what="vcpu_cap", quota_us=original.quota_us, why=why)
+            self.event("restore", host=host, what="vcpu_cap", period_us=original.period_us,
+                       quota_us=original.quota_us, why=why)
         self.finish_cap(lifted_on=host)
         return True
 
@@ -641,12 +646,22 @@ class _Run:
         try:
             dom = find_domain(self.source.conn, self.name)
         except (LibvirtError, StrataError) as exc:
-            self.event("restore", host="source", what="vcpu_cap", error=str(exc),
-                       note="lift it with `virsh schedinfo %s --live vcpu_quota=-1`" % self.name)
-            self.finish_cap(lifted_on=None)
+            self.cap_left_in_force("source", exc)
             return
         if dom is not None:
             self.lift_cap(dom, "source", why)
+
+    def cap_original(self) -> VcpuBandwidth:
+        """The bandwidth this run's cap replaced (libvirt's default for a leftover cap)."""
+        if self.cap is None:
+            return VcpuBandwidth(period_us=DEFAULT_PERIOD_US, quota_us=NO_QUOTA)
+        return VcpuBandwidth(period_us=self.cap["original_period_us"], quota_us=self.cap["original_quota_us"])
+
+    def cap_left_in_force(self, host: str, exc: Exception) -> None:
+        self.event("restore", host=host, what="vcpu_cap", error=str(exc),
+                   note="lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d`"
+                   % (self.name, self.cap_original().period_us, self.cap_original().quota_us))
+        self.finish_cap(lifted_on=None)
 
     def lift_leftover_cap(self, dom: t.Any, check_mode: bool) -> None:
         why = "an earlier run was cut short while the domain's vCPUs were capped"
@@ -658,8 +673,9 @@ class _Run:
             # Sizing a new cap now would take the capped quota for the domain's own.
             raise self.fail(
                 "domain '%s' still has the vCPU cap of an earlier run that was cut short, and lifting it failed "
-                "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_quota=-1` (or the quota it had), "
-                "then run the task again; nothing was migrated" % (self.name, self.name)
+                "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d` (or the "
+                "period and quota it had), then run the task again; nothing was migrated"
+                % (self.name, self.name, DEFAULT_PERIOD_US, NO_QUOTA)
             )
 
     def finish_cap(self, lifted_on: t.Optional[str]) -> None:
@@ -900,7 +916,8 @@ class _Run:
         if self.cap is not None and self.cap.get("lifted_on") is None and _active(where["source"]):
             msg += ("; its vCPUs are still capped at %s%% of a CPU (vcpu_cap): once libvirt has ended the job, run "
                     "the task again (it lifts the cap first) or lift it with `virsh schedinfo %s --live "
-                    "vcpu_quota=%d`" % (self.cap["percent"], self.name, self.cap["original_quota_us"]))
+                    "vcpu_period=%d vcpu_quota=%d`"
+                    % (self.cap["percent"], self.name, self.cap["original_period_us"], self.cap["original_quota_us"]))
         if outcome.hint:
             msg += "; to change the outcome: %s" % outcome.hint
         elif outcome.postcopy_started:

@@ -41,9 +41,19 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import L
 CAP_TARGET_FRACTION = 0.25
 # The kernel's smallest CFS quota (libvirt refuses less).
 MIN_QUOTA_US = 1000
+# The cap sets its own period. A vCPU that has used its quota waits up to a period to run again, and
+# the switchover must stop it: with 200 ms periods nearly every capped job's downtime was 215-231 ms
+# (35-130 ms with 100 ms periods). A TCG vCPU stopped while it holds QEMU's big lock also holds up
+# QEMU's monitor and each dirty-bitmap sync, so the paced near case took 6.3 and 8.4 s of job at
+# 200 ms against 4.9 and 6.8 s at 100 ms, though the 0.5% floor sent less (246-270 MiB against
+# 265-309). So the kernel's default period at most, and two thirds of the downtime target.
+MAX_CAP_PERIOD_US = 100000
 # A rate measured under the cap that is still above this share of the uncapped one did not respond:
 # the uncapped measurement saw only the hot set's size, not how often it is rewritten.
 RESPONSE_FRACTION = 0.8
+# libvirt's bandwidth for a domain that sets none: the kernel's default period, no quota.
+DEFAULT_PERIOD_US = 100000
+NO_QUOTA = -1
 # virDomainModificationImpact and virDomainMetadataType (numeric, so this imports without libvirt).
 AFFECT_LIVE = 1
 METADATA_ELEMENT = 2
@@ -66,6 +76,11 @@ class VcpuBandwidth:
         return min(100.0, 100.0 * self.quota_us / self.period_us)
 
 
+def cap_period_us(max_downtime_ms: int) -> int:
+    """The period the cap runs with, for a migration allowed max_downtime_ms of downtime."""
+    return max(MIN_QUOTA_US, min(MAX_CAP_PERIOD_US, max_downtime_ms * 1000 * 2 // 3))
+
+
 def min_cap_percent(period_us: int) -> float:
     """The strongest cap the period allows (MIN_QUOTA_US of each period)."""
     return min(100.0, 100.0 * MIN_QUOTA_US / period_us)
@@ -76,16 +91,18 @@ def quota_us(period_us: int, percent: float) -> int:
     return max(MIN_QUOTA_US, int(period_us * percent / 100.0))
 
 
-def first_cap_percent(dirty_rate_mibps: float, bandwidth_mibps: float, original: VcpuBandwidth) -> float:
+def first_cap_percent(
+    dirty_rate_mibps: float, bandwidth_mibps: float, original: VcpuBandwidth, period_us: int
+) -> float:
     """The cap that brings the measured dirty rate to CAP_TARGET_FRACTION of the bandwidth, as if linear.
 
-    Never looser than the domain's own limit, never tighter than the period allows.
+    Never looser than the domain's own limit, never tighter than the cap's period allows.
     """
     ceiling = original.percent()
     if dirty_rate_mibps <= 0:
         return ceiling
     wanted = math.ceil(100.0 * CAP_TARGET_FRACTION * bandwidth_mibps / dirty_rate_mibps)
-    return max(min(float(wanted), ceiling), min_cap_percent(original.period_us))
+    return max(min(float(wanted), ceiling), min_cap_percent(period_us))
 
 
 # How corrected_cap_percent sized the cap.
@@ -139,9 +156,10 @@ def parse_record(domain_xml: str) -> t.Optional[VcpuBandwidth]:
         return VcpuBandwidth(period_us=int(element.get("period_us", "")), quota_us=int(element.get("quota_us", "")))
     except ValueError as exc:
         raise StrataError(
-            "the vCPU cap record in the domain's metadata (%s) is not readable: %s; set the quota the domain "
-            "should have with `virsh schedinfo <domain> --live vcpu_quota=-1`, then remove the record with "
-            "`virsh metadata <domain> %s --live --remove`" % (RECORD_NAMESPACE, exc, RECORD_NAMESPACE)
+            "the vCPU cap record in the domain's metadata (%s) is not readable: %s; set the bandwidth the domain "
+            "should have with `virsh schedinfo <domain> --live vcpu_period=%d vcpu_quota=%d`, then remove the "
+            "record with `virsh metadata <domain> %s --live --remove`"
+            % (RECORD_NAMESPACE, exc, DEFAULT_PERIOD_US, NO_QUOTA, RECORD_NAMESPACE)
         ) from exc
 
 
@@ -159,11 +177,12 @@ def read_bandwidth(dom: t.Any) -> t.Optional[VcpuBandwidth]:
     return VcpuBandwidth(period_us=int(params["vcpu_period"]), quota_us=int(params["vcpu_quota"]))
 
 
-def apply_cap(dom: t.Any, original: VcpuBandwidth, cap_percent: float) -> None:
+def apply_cap(dom: t.Any, original: VcpuBandwidth, cap_percent: float, period_us: int) -> None:
     """Record the original bandwidth, then cap the vCPUs (live only: the persistent definition keeps its own)."""
     dom.setMetadata(METADATA_ELEMENT, render_record(original, cap_percent), RECORD_PREFIX, RECORD_NAMESPACE,
                     AFFECT_LIVE)
-    dom.setSchedulerParametersFlags({"vcpu_quota": quota_us(original.period_us, cap_percent)}, AFFECT_LIVE)
+    dom.setSchedulerParametersFlags({"vcpu_period": period_us, "vcpu_quota": quota_us(period_us, cap_percent)},
+                                    AFFECT_LIVE)
 
 
 def lift_cap(dom: t.Any) -> t.Optional[VcpuBandwidth]:

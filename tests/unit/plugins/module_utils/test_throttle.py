@@ -30,6 +30,7 @@ from ansible_collections.strata.migration.plugins.module_utils._throttle import 
     SIZED_UNRESPONSIVE,
     VcpuBandwidth,
     apply_cap,
+    cap_period_us,
     corrected_cap_percent,
     first_cap_percent,
     lift_cap,
@@ -42,6 +43,8 @@ from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes 
 from ansible_collections.strata.migration.tests.unit.plugins.module_utils.test_migrate import FakeClient
 
 UNLIMITED = VcpuBandwidth(period_us=100000, quota_us=-1)
+# The cap's period at the default max_downtime_ms (300).
+CAP_PERIOD_US = 100000
 # The lab's far case: a 128 MiB hot set rewritten with fresh pages as fast as the guest can, at 60 MiB/s.
 FAR = MigrationInputs(memory_mib=225, dirty_rate_mibps=128, bandwidth_mibps=60, max_downtime_ms=300,
                       zero_page_mib=31)
@@ -52,20 +55,27 @@ FAR = MigrationInputs(memory_mib=225, dirty_rate_mibps=128, bandwidth_mibps=60, 
 
 def test_the_first_cap_brings_the_rate_to_a_quarter_of_the_bandwidth_as_if_linear():
     # 62 MiB/s on a 60 MiB/s link: 15 MiB/s is 24.2% of it, rounded up.
-    assert first_cap_percent(62, 60, UNLIMITED) == 25
+    assert first_cap_percent(62, 60, UNLIMITED, CAP_PERIOD_US) == 25
 
 
-def test_the_first_cap_is_never_tighter_than_the_period_allows():
-    assert first_cap_percent(100000, 60, UNLIMITED) == 1.0
-    assert first_cap_percent(100000, 60, VcpuBandwidth(period_us=10000, quota_us=-1)) == 10.0
+def test_the_first_cap_is_never_tighter_than_the_caps_period_allows():
+    assert first_cap_percent(100000, 60, UNLIMITED, CAP_PERIOD_US) == 1.0
+    assert first_cap_percent(100000, 60, UNLIMITED, 10000) == 10.0
+
+
+@pytest.mark.parametrize("max_downtime_ms, period_us", [(300, 100000), (150, 100000), (90, 60000), (30, 20000),
+                                                        (1, 1000)])
+def test_the_caps_period_is_two_thirds_of_the_downtime_target_at_most_100_ms(max_downtime_ms, period_us):
+    # The switchover may wait a period for the capped vCPU to stop; longer periods also stall QEMU's monitor.
+    assert cap_period_us(max_downtime_ms) == period_us
 
 
 def test_the_first_cap_is_never_looser_than_the_domains_own_limit():
-    assert first_cap_percent(20, 60, VcpuBandwidth(period_us=100000, quota_us=30000)) == 30.0
+    assert first_cap_percent(20, 60, VcpuBandwidth(period_us=100000, quota_us=30000), CAP_PERIOD_US) == 30.0
 
 
 def test_a_guest_that_dirties_nothing_keeps_its_bandwidth():
-    assert first_cap_percent(0, 60, UNLIMITED) == 100.0
+    assert first_cap_percent(0, 60, UNLIMITED, CAP_PERIOD_US) == 100.0
 
 
 def test_a_rate_on_target_under_the_cap_keeps_it():
@@ -193,11 +203,11 @@ def test_a_host_without_vcpu_bandwidth_reads_none():
 
 
 def test_the_record_is_written_before_the_cap_and_the_lift_restores_both_figures():
-    dom = FakeSchedDomain({"vcpu_period": 200000, "vcpu_quota": 80000})
-    apply_cap(dom, read_bandwidth(dom), 1.0)
-    assert dom.calls == [("record", True), ("quota", {"vcpu_quota": 2000})]
-    assert lift_cap(dom) == VcpuBandwidth(200000, 80000)
-    assert dom.params == {"vcpu_period": 200000, "vcpu_quota": 80000}
+    dom = FakeSchedDomain({"vcpu_period": 50000, "vcpu_quota": 40000})
+    apply_cap(dom, read_bandwidth(dom), 1.0, CAP_PERIOD_US)
+    assert dom.calls == [("record", True), ("quota", {"vcpu_period": 100000, "vcpu_quota": 1000})]
+    assert lift_cap(dom) == VcpuBandwidth(50000, 40000)
+    assert dom.params == {"vcpu_period": 50000, "vcpu_quota": 40000}
     assert dom.metadata is None
     assert lift_cap(dom) is None
 
@@ -206,7 +216,7 @@ def test_the_record_is_written_before_the_cap_and_the_lift_restores_both_figures
 
 
 def throttled_plan(**option_values):
-    options = engine_options(bandwidth_mibps=60, **option_values)
+    options = engine_options(bandwidth_mibps=60, **dict({"cap_vcpus": True}, **option_values))
     prediction = predict_throttled(FAR, *auto_converge_percents(FAR))
     return plan_migration(options, prediction, 256, 128.0, option_values.pop("copied", ()))
 
@@ -217,19 +227,24 @@ def test_a_throttled_layered_plan_caps_the_vcpus():
     assert plan.to_dict()["cap_vcpus"] is True
 
 
+def test_the_cap_is_off_unless_asked_for():
+    plan = throttled_plan(cap_vcpus=False)
+    assert plan.hot_layer == HOT_LAYER_THROTTLE and not plan.cap_vcpus
+
+
 @pytest.mark.parametrize("option_values", [{"allow_postcopy": True}, {"strategy": "precopy"}])
 def test_post_copy_or_plain_pre_copy_never_caps(option_values):
     assert not throttled_plan(**option_values).cap_vcpus
 
 
 def test_no_cap_during_a_storage_copy():
-    options = engine_options(bandwidth_mibps=60, copy_storage="all")
+    options = engine_options(bandwidth_mibps=60, copy_storage="all", cap_vcpus=True)
     plan = plan_migration(options, predict_throttled(FAR, 99, 1), 256, 128.0, ["vda"])
     assert not plan.cap_vcpus
 
 
 def test_no_cap_without_a_prediction():
-    assert not plan_migration(engine_options(bandwidth_mibps=60), None, 256, None).cap_vcpus
+    assert not plan_migration(engine_options(bandwidth_mibps=60, cap_vcpus=True), None, 256, None).cap_vcpus
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -247,7 +262,7 @@ class FakeSourceConn:
         return self.dom
 
 
-def cap_run(monkeypatch, probe_rates, source_conn=None):
+def cap_run(monkeypatch, probe_rates, source_conn=None, max_downtime_ms=300):
     rates = list(probe_rates)
 
     def measured(dom, seconds, timeout_s, sleep, clock):
@@ -260,7 +275,7 @@ def cap_run(monkeypatch, probe_rates, source_conn=None):
     monkeypatch.setattr(_migrate, "measure_dirty_rate", measured)
     run = _migrate._Run(
         FakeClient("qemu+tcp://127.0.0.11/system", source_conn), FakeClient("qemu+tcp://127.0.0.12/system"),
-        "web1", engine_options(bandwidth_mibps=60), preflight_options("web1", "qemu+tcp://127.0.0.12/system"),
+        "web1", engine_options(bandwidth_mibps=60, max_downtime_ms=max_downtime_ms), preflight_options("web1", "qemu+tcp://127.0.0.12/system"),
         True, _migrate.CompactionSettings(), None, 0, time.monotonic, lambda s: None,
     )
     run.result["strategy"] = {"downtime_steps_ms": [75, 150, 225, 300]}
@@ -274,16 +289,28 @@ def test_a_probe_that_shows_no_response_caps_at_the_floor_and_the_destination_st
     run, predicted, plan = cap_run(monkeypatch, [126.0])
     dom = FakeSchedDomain()
     capped_plan = run.cap_vcpus(dom, plan, predicted)
-    assert dom.params["vcpu_quota"] == 1000
+    # 1 ms of each 100 ms period.
+    assert (dom.params["vcpu_period"], dom.params["vcpu_quota"]) == (100000, 1000)
     assert parse_record(dom.XMLDesc(0)) == UNLIMITED
     # The destination's XML is the domain's from before the cap: no record in it.
     assert parse_record(capped_plan.params["destination_xml"]) is None
     assert capped_plan.downtime_steps_ms == (300,)
     assert run.cap["probe_percent"] == 12 and run.cap["percent"] == 1.0
+    assert (run.cap["period_us"], run.cap["quota_us"]) == (100000, 1000)
+    assert (run.cap["original_period_us"], run.cap["original_quota_us"]) == (100000, -1)
     assert "at least" in run.result["prediction"]["reason"]
     run.finish_cap(lifted_on="destination")
     assert run.result["vcpu_cap"]["lifted_on"] == "destination"
     assert run.result["vcpu_cap"]["held_s"] >= 0
+
+
+def test_a_small_downtime_target_shortens_the_caps_period_and_raises_its_floor(monkeypatch):
+    # The switchover waits up to a period for the capped vCPU: 60 ms of a 90 ms target at most.
+    run, predicted, plan = cap_run(monkeypatch, [126.0], max_downtime_ms=90)
+    dom = FakeSchedDomain()
+    run.cap_vcpus(dom, plan, predicted)
+    assert (dom.params["vcpu_period"], dom.params["vcpu_quota"]) == (60000, 1000)
+    assert run.cap["percent"] == 1.67
 
 
 def test_a_probe_on_target_keeps_the_first_cap(monkeypatch):
@@ -291,7 +318,7 @@ def test_a_probe_on_target_keeps_the_first_cap(monkeypatch):
     dom = FakeSchedDomain()
     run.cap_vcpus(dom, plan, predicted)
     assert dom.params["vcpu_quota"] == 12000
-    assert [c for c in dom.calls if c[0] == "quota"] == [("quota", {"vcpu_quota": 12000})]
+    assert [c for c in dom.calls if c[0] == "quota"] == [("quota", {"vcpu_period": 100000, "vcpu_quota": 12000})]
 
 
 def test_a_failed_probe_leaves_the_cap_to_the_runs_error_path_which_lifts_it(monkeypatch):
@@ -327,7 +354,18 @@ def test_a_lift_that_fails_is_reported_never_raised(monkeypatch):
     run.lift_cap_after_error()
     assert run.result["vcpu_cap"]["lifted_on"] is None
     failed = [e for e in run.timeline.events if e["event"] == "restore"]
-    assert "End of file" in failed[0]["error"] and "vcpu_quota=-1" in failed[0]["note"]
+    assert "End of file" in failed[0]["error"]
+    assert "virsh schedinfo web1 --live vcpu_period=100000 vcpu_quota=-1" in failed[0]["note"]
+
+
+def test_a_lift_that_fails_names_the_bandwidth_the_domain_had(monkeypatch):
+    dom = FakeSchedDomain({"vcpu_period": 50000, "vcpu_quota": 40000})
+    run, predicted, plan = cap_run(monkeypatch, [126.0], FakeSourceConn(dom))
+    run.cap_vcpus(dom, plan, predicted)
+    dom.quota_error = FakeLibvirtError("Cannot recv data: End of file", 38)
+    run.lift_cap_after_error()
+    failed = [e for e in run.timeline.events if e["event"] == "restore"]
+    assert "virsh schedinfo web1 --live vcpu_period=50000 vcpu_quota=40000" in failed[0]["note"]
 
 
 def test_a_source_that_cannot_be_read_after_an_error_is_reported_never_raised(monkeypatch):
@@ -342,9 +380,10 @@ def test_a_source_that_cannot_be_read_after_an_error_is_reported_never_raised(mo
 def test_a_leftover_cap_that_cannot_be_lifted_stops_the_run_before_anything_moves(monkeypatch):
     run, _predicted, _plan = cap_run(monkeypatch, [])
     dom = FakeSchedDomain()
-    apply_cap(dom, UNLIMITED, 1.0)
+    apply_cap(dom, UNLIMITED, 1.0, CAP_PERIOD_US)
     dom.quota_error = FakeLibvirtError("Timed out during operation: cannot acquire state change lock", 68)
-    with pytest.raises(StrataError, match="still has the vCPU cap of an earlier run.*nothing was migrated"):
+    with pytest.raises(StrataError, match="still has the vCPU cap of an earlier run.*vcpu_period=100000 vcpu_quota=-1"
+                                          ".*nothing was migrated"):
         run.lift_leftover_cap(dom, check_mode=False)
 
 
@@ -359,7 +398,7 @@ def test_a_source_without_vcpu_bandwidth_keeps_the_plan(monkeypatch):
 def test_a_cap_left_by_a_run_cut_short_is_lifted_first_except_in_check_mode(monkeypatch, check_mode):
     run, _predicted, _plan = cap_run(monkeypatch, [])
     dom = FakeSchedDomain()
-    apply_cap(dom, UNLIMITED, 1.0)
+    apply_cap(dom, UNLIMITED, 1.0, CAP_PERIOD_US)
     run.lift_leftover_cap(dom, check_mode)
-    assert (dom.params["vcpu_quota"] == 1000) is check_mode
+    assert (dom.params == {"vcpu_period": 100000, "vcpu_quota": -1}) is not check_mode
     assert run.result["changed"] is not check_mode
