@@ -87,6 +87,7 @@ from ansible_collections.strata.migration.plugins.module_utils._throttle import 
     cap_period_us,
     first_cap_percent,
     lift_cap,
+    min_cap_percent,
     parse_record,
     quota_us,
     read_bandwidth,
@@ -413,6 +414,8 @@ class _Run:
         self.migration_client = source.another()
         # The vCPU cap in force, while it is (see cap_vcpus).
         self.cap: t.Optional[t.Dict[str, t.Any]] = None
+        # The bandwidth recorded by an earlier run's cap that this run lifts first (see lift_leftover_cap).
+        self.leftover_cap: t.Optional[VcpuBandwidth] = None
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
@@ -483,8 +486,9 @@ class _Run:
         dom = find_domain(self.source.conn, self.name)
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
             return self.resume_broken_postcopy(dom, check_mode)
-        if dom is not None and parse_record(dom.XMLDesc(0)) is not None and dom.jobInfo()[0] == JOB_NONE:
-            self.lift_leftover_cap(dom, check_mode)
+        leftover = parse_record(dom.XMLDesc(0)) if dom is not None else None
+        if leftover is not None and dom.jobInfo()[0] == JOB_NONE:
+            self.lift_leftover_cap(dom, leftover, check_mode)
         # The guest's balloon report before the dirty-rate measurement: the one it sends during it is new
         # enough for compaction, which then waits for none.
         seen_last_update = _stats_timestamp(dom)
@@ -591,8 +595,13 @@ class _Run:
             return plan
         destination_xml = dom.XMLDesc(XML_SECURE_MIGRATABLE)
         period = cap_period_us(self.options.max_downtime_ms)
+        if original.percent() <= min_cap_percent(period):
+            self.event("layer", layer=3, action="vcpu_cap", applied=False,
+                       note="the domain's own limit (%.2f%% of a CPU) is already at or below the strongest cap a %d us "
+                            "period allows: auto-converge alone" % (original.percent(), period))
+            return plan
         probe_percent = first_cap_percent(inputs.dirty_rate_mibps, inputs.bandwidth_mibps, original, period)
-        self.cap = {"percent": probe_percent, "original_quota_us": original.quota_us,
+        self.cap = {"percent": round(probe_percent, 2), "original_quota_us": original.quota_us,
                     "original_period_us": original.period_us, "capped_at": self.clock()}
         apply_cap(dom, original, probe_percent, period)
         # The same window as the uncapped measurement, so the two rates compare.
@@ -612,7 +621,7 @@ class _Run:
             percent=round(percent, 2),
             quota_us=quota_us(period, percent),
             period_us=period,
-            probe_percent=probe_percent,
+            probe_percent=round(probe_percent, 2),
             probe_dirty_rate_mibps=probe_mibps,
             sized=sized,
             expected_dirty_rate_mibps=round(expected, 1),
@@ -652,9 +661,9 @@ class _Run:
             self.lift_cap(dom, "source", why)
 
     def cap_original(self) -> VcpuBandwidth:
-        """The bandwidth this run's cap replaced (libvirt's default for a leftover cap)."""
+        """The bandwidth this run's cap replaced, or the one an earlier run's record names."""
         if self.cap is None:
-            return VcpuBandwidth(period_us=DEFAULT_PERIOD_US, quota_us=NO_QUOTA)
+            return self.leftover_cap or VcpuBandwidth(period_us=DEFAULT_PERIOD_US, quota_us=NO_QUOTA)
         return VcpuBandwidth(period_us=self.cap["original_period_us"], quota_us=self.cap["original_quota_us"])
 
     def cap_left_in_force(self, host: str, exc: Exception) -> None:
@@ -663,7 +672,8 @@ class _Run:
                    % (self.name, self.cap_original().period_us, self.cap_original().quota_us))
         self.finish_cap(lifted_on=None)
 
-    def lift_leftover_cap(self, dom: t.Any, check_mode: bool) -> None:
+    def lift_leftover_cap(self, dom: t.Any, leftover: VcpuBandwidth, check_mode: bool) -> None:
+        self.leftover_cap = leftover
         why = "an earlier run was cut short while the domain's vCPUs were capped"
         if check_mode:
             self.event("restore", host="source", what="vcpu_cap", why=why, note="check mode: left as it is")
@@ -673,9 +683,9 @@ class _Run:
             # Sizing a new cap now would take the capped quota for the domain's own.
             raise self.fail(
                 "domain '%s' still has the vCPU cap of an earlier run that was cut short, and lifting it failed "
-                "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d` (or the "
-                "period and quota it had), then run the task again; nothing was migrated"
-                % (self.name, self.name, DEFAULT_PERIOD_US, NO_QUOTA)
+                "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d` (what "
+                "the cap's record names), then run the task again; nothing was migrated"
+                % (self.name, self.name, self.cap_original().period_us, self.cap_original().quota_us)
             )
 
     def finish_cap(self, lifted_on: t.Optional[str]) -> None:

@@ -21,10 +21,12 @@ each page once, so a hot set rewritten many times a second shows only its own
 size, and a cap sized from that would barely slow it. A rate that did not
 fall under the cap reveals that, and the cap goes to the smallest quota.
 
-The destination starts without the cap (the migration carries the domain's
-XML from before it), and a failed migration lifts it on the source. The
-domain's live metadata records the original quota, so a run cut short (a
-killed controller) leaves a record the next run lifts the cap from.
+The cap runs with a period of its own (see MAX_CAP_PERIOD_US). The destination
+starts without the cap (the migration carries the domain's XML from before it),
+and a failed migration lifts it on the source. The domain's live metadata
+records the original period and quota, so a run cut short (a killed
+controller) leaves a record the next run lifts the cap from. The cap is opt-in
+(live_migrate's cap_vcpus).
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ options:
         on the source) from before the job to its end when pre-copy alone would not converge, so the hot set is
         slowed from the first page instead of from auto-converge's third pass; see C(vcpu_cap) in the result.
       - Off unless you choose it. In about 150 capped migrations of TCG-emulated lab guests, two guest kernels
-        crashed (scheduler list corruption), and the cause is not known yet.
+        crashed, both in the scheduler, and the cause is not proven yet.
     type: bool
     default: false
   postcopy_recovery_timeout_s:

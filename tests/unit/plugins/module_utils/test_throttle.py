@@ -313,6 +313,15 @@ def test_a_small_downtime_target_shortens_the_caps_period_and_raises_its_floor(m
     assert run.cap["percent"] == 1.67
 
 
+def test_a_domain_already_limited_below_the_floor_keeps_its_own_limit(monkeypatch):
+    # 0.5% of its own: the strongest cap a 100 ms period allows (1%) would loosen it.
+    run, predicted, plan = cap_run(monkeypatch, [])
+    dom = FakeSchedDomain({"vcpu_period": 200000, "vcpu_quota": 1000})
+    assert run.cap_vcpus(dom, plan, predicted) is plan
+    assert run.cap is None and dom.calls == []
+    assert [e["applied"] for e in run.timeline.events if e.get("action") == "vcpu_cap"] == [False]
+
+
 def test_a_probe_on_target_keeps_the_first_cap(monkeypatch):
     run, predicted, plan = cap_run(monkeypatch, [10.0])
     dom = FakeSchedDomain()
@@ -380,11 +389,15 @@ def test_a_source_that_cannot_be_read_after_an_error_is_reported_never_raised(mo
 def test_a_leftover_cap_that_cannot_be_lifted_stops_the_run_before_anything_moves(monkeypatch):
     run, _predicted, _plan = cap_run(monkeypatch, [])
     dom = FakeSchedDomain()
-    apply_cap(dom, UNLIMITED, 1.0, CAP_PERIOD_US)
+    own = VcpuBandwidth(period_us=50000, quota_us=40000)
+    apply_cap(dom, own, 1.0, CAP_PERIOD_US)
     dom.quota_error = FakeLibvirtError("Timed out during operation: cannot acquire state change lock", 68)
-    with pytest.raises(StrataError, match="still has the vCPU cap of an earlier run.*vcpu_period=100000 vcpu_quota=-1"
+    # The command names what the record holds: the domain's own bandwidth, not libvirt's defaults.
+    with pytest.raises(StrataError, match="still has the vCPU cap of an earlier run.*vcpu_period=50000 vcpu_quota=40000"
                                           ".*nothing was migrated"):
-        run.lift_leftover_cap(dom, check_mode=False)
+        run.lift_leftover_cap(dom, parse_record(dom.XMLDesc(0)), check_mode=False)
+    failed = [e for e in run.timeline.events if e["event"] == "restore"]
+    assert "vcpu_period=50000 vcpu_quota=40000" in failed[0]["note"]
 
 
 def test_a_source_without_vcpu_bandwidth_keeps_the_plan(monkeypatch):
@@ -399,6 +412,6 @@ def test_a_cap_left_by_a_run_cut_short_is_lifted_first_except_in_check_mode(monk
     run, _predicted, _plan = cap_run(monkeypatch, [])
     dom = FakeSchedDomain()
     apply_cap(dom, UNLIMITED, 1.0, CAP_PERIOD_US)
-    run.lift_leftover_cap(dom, check_mode)
+    run.lift_leftover_cap(dom, UNLIMITED, check_mode)
     assert (dom.params == {"vcpu_period": 100000, "vcpu_quota": -1}) is not check_mode
     assert run.result["changed"] is not check_mode
