@@ -216,8 +216,8 @@ def render_markdown(report: t.Mapping[str, t.Any]) -> str:
         labkit.migration_intro("shaking_benchmark.py", env, params),
         "",
         "Methods: `baseline` plain libvirt; `virsh_tuned` plain libvirt with auto-converge %d%% + %d%% steps; "
-        "`engine` live_migrate's engine without post-copy, with `cap_vcpus`; `virsh_postcopy` plain libvirt post-copy switched "
-        "after the first pass; `engine_postcopy` the engine with allow_postcopy." % HAND_TUNED_AUTO_CONVERGE,
+        "`engine` live_migrate's engine without post-copy, with `cap_vcpus`; `virsh_postcopy` plain libvirt "
+        "post-copy switched after the first pass; `engine_postcopy` the engine with allow_postcopy." % HAND_TUNED_AUTO_CONVERGE,
         "",
         "Cases: " + "; ".join("`%s` %d MiB, %d vCPU(s), `%s` (%s)" % ((case,) + CASES[case][:4])
                               for case in params["cases"]) + ".",

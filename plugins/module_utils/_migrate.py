@@ -80,11 +80,11 @@ from ansible_collections.strata.migration.plugins.module_utils._throttle import 
     DEFAULT_PERIOD_US,
     NO_QUOTA,
     SIZED_UNRESPONSIVE,
+    VcpuBandwidth,
     apply_cap,
+    cap_period_us,
     capped_rate_mibps,
     corrected_cap_percent,
-    VcpuBandwidth,
-    cap_period_us,
     first_cap_percent,
     lift_cap,
     min_cap_percent,
@@ -414,8 +414,8 @@ class _Run:
         self.migration_client = source.another()
         # The vCPU cap in force, while it is (see cap_vcpus).
         self.cap: t.Optional[t.Dict[str, t.Any]] = None
-        # The bandwidth recorded by an earlier run's cap that this run lifts first (see lift_leftover_cap).
-        self.leftover_cap: t.Optional[VcpuBandwidth] = None
+        # The bandwidth a cap replaced: this run's (see cap_vcpus) or an earlier run's, from its record.
+        self.replaced_bandwidth: t.Optional[VcpuBandwidth] = None
         self.result: t.Dict[str, t.Any] = {
             "changed": False,
             "domain": name,
@@ -601,6 +601,7 @@ class _Run:
                             "period allows: auto-converge alone" % (original.percent(), period))
             return plan
         probe_percent = first_cap_percent(inputs.dirty_rate_mibps, inputs.bandwidth_mibps, original, period)
+        self.replaced_bandwidth = original
         self.cap = {"percent": round(probe_percent, 2), "original_quota_us": original.quota_us,
                     "original_period_us": original.period_us, "capped_at": self.clock()}
         apply_cap(dom, original, probe_percent, period)
@@ -661,19 +662,18 @@ class _Run:
             self.lift_cap(dom, "source", why)
 
     def cap_original(self) -> VcpuBandwidth:
-        """The bandwidth this run's cap replaced, or the one an earlier run's record names."""
-        if self.cap is None:
-            return self.leftover_cap or VcpuBandwidth(period_us=DEFAULT_PERIOD_US, quota_us=NO_QUOTA)
-        return VcpuBandwidth(period_us=self.cap["original_period_us"], quota_us=self.cap["original_quota_us"])
+        """The bandwidth a cap replaced (libvirt's default when no record said)."""
+        return self.replaced_bandwidth or VcpuBandwidth(period_us=DEFAULT_PERIOD_US, quota_us=NO_QUOTA)
 
     def cap_left_in_force(self, host: str, exc: Exception) -> None:
+        original = self.cap_original()
         self.event("restore", host=host, what="vcpu_cap", error=str(exc),
                    note="lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d`"
-                   % (self.name, self.cap_original().period_us, self.cap_original().quota_us))
+                   % (self.name, original.period_us, original.quota_us))
         self.finish_cap(lifted_on=None)
 
     def lift_leftover_cap(self, dom: t.Any, leftover: VcpuBandwidth, check_mode: bool) -> None:
-        self.leftover_cap = leftover
+        self.replaced_bandwidth = leftover
         why = "an earlier run was cut short while the domain's vCPUs were capped"
         if check_mode:
             self.event("restore", host="source", what="vcpu_cap", why=why, note="check mode: left as it is")
@@ -685,7 +685,7 @@ class _Run:
                 "domain '%s' still has the vCPU cap of an earlier run that was cut short, and lifting it failed "
                 "(see the timeline); lift it with `virsh schedinfo %s --live vcpu_period=%d vcpu_quota=%d` (what "
                 "the cap's record names), then run the task again; nothing was migrated"
-                % (self.name, self.name, self.cap_original().period_us, self.cap_original().quota_us)
+                % (self.name, self.name, leftover.period_us, leftover.quota_us)
             )
 
     def finish_cap(self, lifted_on: t.Optional[str]) -> None:
@@ -927,7 +927,7 @@ class _Run:
             msg += ("; its vCPUs are still capped at %s%% of a CPU (vcpu_cap): once libvirt has ended the job, run "
                     "the task again (it lifts the cap first) or lift it with `virsh schedinfo %s --live "
                     "vcpu_period=%d vcpu_quota=%d`"
-                    % (self.cap["percent"], self.name, self.cap["original_period_us"], self.cap["original_quota_us"]))
+                    % (self.cap["percent"], self.name, self.cap_original().period_us, self.cap_original().quota_us))
         if outcome.hint:
             msg += "; to change the outcome: %s" % outcome.hint
         elif outcome.postcopy_started:
