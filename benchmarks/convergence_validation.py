@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -39,7 +38,6 @@ import migration_runner
 from labkit import create_guest, delete_guest
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-CONSOLES_DIR = labkit.CONSOLES_DIR
 SRC_URI = "qemu+tcp://127.0.0.11/system"
 DST_URI = "qemu+tcp://127.0.0.12/system"
 GUEST_MEMORY_MIB = 256
@@ -49,9 +47,6 @@ SAMPLE_PERIOD_S = 0.1
 # Target of the validation: transferred MiB within this ratio where pre-copy converges.
 TOLERANCE = 0.30
 CALIBRATION_MEMORY_MIB = 512
-# Heartbeats come every 5 s; wait a little longer for the first one after the move.
-HEARTBEAT_WAIT_S = 8.0
-GUEST_FAILURE = labkit.GUEST_FAILURE
 
 
 labkit.use_collection()
@@ -67,40 +62,6 @@ WORKLOADS = (
     ("steady", "hot:128:96:2560", 60),
     ("hot", "hot:128:48:0", 30),
 )
-
-
-def console_size(name: str) -> int:
-    try:
-        return os.path.getsize(os.path.join(CONSOLES_DIR, "%s.log" % name))
-    except OSError:
-        return 0
-
-
-def console_since(name: str, offset: int) -> str:
-    with open(os.path.join(CONSOLES_DIR, "%s.log" % name), "rb") as handle:
-        handle.seek(offset)
-        return handle.read().decode("utf-8", "replace")
-
-
-def boot_id(name: str) -> t.Optional[str]:
-    found = re.findall(r"strata-workload: ready spec=\S+ boot=([0-9a-f]+)", console_since(name, 0))
-    return found[-1] if found else None
-
-
-def guest_health(name: str, boot: t.Optional[str], offset: int) -> t.Dict[str, t.Any]:
-    """After the move: a heartbeat of the same boot must follow, and no oops or panic."""
-    deadline = time.monotonic() + HEARTBEAT_WAIT_S
-    text = ""
-    while time.monotonic() < deadline:
-        text = console_since(name, offset)
-        if GUEST_FAILURE.search(text) or (boot and "alive boot=%s" % boot in text):
-            break
-        time.sleep(0.5)
-    failure = GUEST_FAILURE.search(text)
-    return {
-        "heartbeat_after": bool(boot and "alive boot=%s" % boot in text),
-        "kernel_failure": text[failure.start():failure.start() + 120].strip() if failure else None,
-    }
 
 
 def balloon(dom: t.Any) -> t.Dict[str, float]:
@@ -208,13 +169,13 @@ def one_run(
             dirty_rate_window_s=estimate.dirty_rate_window_s,
         )
         prediction = convergence.predict_precopy(inputs)
-        boot = boot_id(name)
-        offset = console_size(name)
+        boot = labkit.boot_id(name)
+        offset = labkit.console_size(name)
         result = migration_runner.plain_migrate(
             SRC_URI, DST_URI, name, bandwidth_mibps=BANDWIDTH_MIBPS, max_downtime_ms=MAX_DOWNTIME_MS,
             timeout_s=timeout_s, sample_period_s=SAMPLE_PERIOD_S,
         )
-        health = guest_health(name, boot, offset)
+        health = labkit.guest_health(name, boot, offset)
         measured_memory = first_pass_mib(result)
         check_inputs = convergence.MigrationInputs(**dict(
             inputs.to_dict(), memory_mib=measured_memory, zero_page_mib=GUEST_MEMORY_MIB - measured_memory))

@@ -65,14 +65,56 @@ CONSOLES_DIR = "/var/lib/strata-lab/consoles"
 GUEST_FAILURE = re.compile(r"Kernel panic|Oops:|BUG: ")
 
 
-def guest_failures(name: str) -> t.List[str]:
-    """The console lines of a guest kernel failure (oops, BUG, panic) so far; read before the guest is deleted."""
+# The lab guest's workload prints "alive boot=<id>" every 5 s; wait a little longer for one after a move.
+HEARTBEAT_WAIT_S = 8.0
+
+
+def console_size(name: str) -> int:
+    try:
+        return os.path.getsize(os.path.join(CONSOLES_DIR, "%s.log" % name))
+    except OSError:
+        return 0
+
+
+def console_since(name: str, offset: int) -> str:
+    """The guest's console from byte offset on; empty when it has none (read it before the guest is deleted)."""
     try:
         with open(os.path.join(CONSOLES_DIR, "%s.log" % name), "rb") as handle:
-            text = handle.read().decode("utf-8", "replace")
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
     except OSError:
-        return []
-    return [line.strip() for line in text.splitlines() if GUEST_FAILURE.search(line)]
+        return ""
+
+
+def boot_id(name: str) -> t.Optional[str]:
+    """The id the guest's workload printed when it started: a guest that rebooted prints another."""
+    found = re.findall(r"strata-workload: ready spec=\S+ boot=([0-9a-f]+)", console_since(name, 0))
+    return found[-1] if found else None
+
+
+def guest_health(name: str, boot: t.Optional[str], offset: int) -> t.Dict[str, t.Any]:
+    """After a move: a heartbeat of the same boot must follow offset, and no oops or panic (bounded wait)."""
+    deadline = time.monotonic() + HEARTBEAT_WAIT_S
+    text = ""
+    while time.monotonic() < deadline:
+        text = console_since(name, offset)
+        if GUEST_FAILURE.search(text) or (boot and "alive boot=%s" % boot in text):
+            break
+        time.sleep(0.5)
+    failure = GUEST_FAILURE.search(text)
+    return {
+        "heartbeat_after": bool(boot and "alive boot=%s" % boot in text),
+        "kernel_failure": text[failure.start():failure.start() + 120].strip() if failure else None,
+    }
+
+
+def guest_failure(health: t.Mapping[str, t.Any]) -> t.Optional[str]:
+    """Why a guest did not come through its move whole, from guest_health; None when it did."""
+    if health["kernel_failure"]:
+        return "the guest's kernel failed: %s" % health["kernel_failure"]
+    if not health["heartbeat_after"]:
+        return "the guest printed no heartbeat of the same boot within %g s after the move" % HEARTBEAT_WAIT_S
+    return None
 
 
 def delete_guest(name: str) -> None:

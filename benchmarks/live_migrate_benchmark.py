@@ -244,17 +244,18 @@ def measure(
     try:
         time.sleep(SETTLE_S)
         guest_memory_mib, used_memory_mib = guest_memory(src_uri, name)
+        boot, console_offset = labkit.boot_id(name), labkit.console_size(name)
         if method == "baseline":
             row = run_baseline(args, src_uri, dst_uri, name)
         else:
             row = run_engine(args, src_uri, dst_uri, name, allow_postcopy=method == "engine_postcopy")
         running = migration_runner.domain_running_on([src_uri, dst_uri], name)
         # A job can complete with the guest's kernel dead (stale pages): such a run did not complete.
-        failures = labkit.guest_failures(name)
+        failure = labkit.guest_failure(labkit.guest_health(name, boot, console_offset))
     finally:
         delete_guest(name)
-    if failures:
-        row.update(completed=False, error="the guest's kernel failed: %s" % " | ".join(failures[:3]))
+    if failure:
+        row.update(completed=False, error=failure)
     if case != "shaking":
         # The engine's full timeline is kept for the case that exercises its layers.
         row.pop("remaining_timeline")
@@ -268,7 +269,7 @@ def measure(
         "used_memory_mib": used_memory_mib,
         "floor_s": round(used_memory_mib / args.bandwidth_mibps, 2) if used_memory_mib is not None else None,
         "running_on": "destination" if dst_uri in running else "source" if src_uri in running else None,
-        "guest_failures": failures,
+        "guest_failure": failure,
     }, **row)
 
 

@@ -96,6 +96,7 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
     try:
         time.sleep(lmb.SETTLE_S)
         guest_memory_mib, _used = lmb.guest_memory(src_uri, name)
+        boot, console_offset = labkit.boot_id(name), labkit.console_size(name)
         if method == "baseline":
             row = lmb.run_baseline(args, src_uri, dst_uri, name)
         elif method == "virsh_tuned":
@@ -108,11 +109,11 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
             row.pop("timeline", None)
         running = migration_runner.domain_running_on([src_uri, dst_uri], name)
         # A job can complete with the guest's kernel dead (stale pages): such a run did not complete.
-        failures = labkit.guest_failures(name)
+        failure = labkit.guest_failure(labkit.guest_health(name, boot, console_offset))
     finally:
         labkit.lab_retrying("guest", "delete", name)
-    if failures:
-        row.update(completed=False, error="the guest's kernel failed: %s" % " | ".join(failures[:3]))
+    if failure:
+        row.update(completed=False, error=failure)
     highest, throttled_s = throttle_figures(row.get("remaining_timeline") or [])
     cap = row.get("vcpu_cap") or {}
     for point in row.get("remaining_timeline") or []:
@@ -129,7 +130,7 @@ def measure(case: str, method: str, run: int, args: argparse.Namespace, src_uri:
         "vcpu_cap_percent": cap.get("percent"),
         "vcpu_capped_s": cap.get("held_s"),
         "running_on": "destination" if dst_uri in running else "source" if src_uri in running else None,
-        "guest_failures": failures,
+        "guest_failure": failure,
     }, **row)
 
 
