@@ -132,7 +132,8 @@ class EngineOptions:
     switchover_bandwidth_mibps: int = 0
     timeout_s: int = DEFAULT_TIMEOUT_S
     allow_postcopy: bool = False
-    cap_vcpus: bool = False
+    # None: where the source is known safe for it (_throttle.cap_by_default).
+    cap_vcpus: t.Optional[bool] = None
     parallel_connections: int = 1
     compression: t.Optional[t.Tuple[str, ...]] = None
     tls: bool = False
@@ -161,7 +162,7 @@ def engine_options(
     switchover_bandwidth_mibps: int = 0,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     allow_postcopy: bool = False,
-    cap_vcpus: bool = False,
+    cap_vcpus: t.Optional[bool] = None,
     parallel_connections: int = 1,
     compression: t.Optional[t.Sequence[str]] = None,
     tls: bool = False,
@@ -238,7 +239,7 @@ def engine_options(
         switchover_bandwidth_mibps=int(switchover_bandwidth_mibps),
         timeout_s=int(timeout_s),
         allow_postcopy=bool(allow_postcopy),
-        cap_vcpus=bool(cap_vcpus),
+        cap_vcpus=None if cap_vcpus is None else bool(cap_vcpus),
         parallel_connections=int(parallel_connections),
         compression=methods,
         tls=bool(tls),
@@ -466,10 +467,11 @@ def plan_migration(
         copied_disks=tuple(copied_disks),
         memory_bandwidth_mibps=memory_bandwidth,
         features={name: dict(feature, used=used.get(name, False)) for name, feature in (features or {}).items()},
-        # Asked for, and only where the model sized a throttle (pre-copy alone would not converge), and not
-        # during a storage copy: the guest would be slowed for the whole disk copy, before memory moves.
-        cap_vcpus=options.cap_vcpus and ramp and prediction is not None and prediction.strategy == "layered"
-        and not copied_disks,
+        # Not refused (unset is for the caller to judge: cap_by_default), and only where the model sized a
+        # throttle (pre-copy alone would not converge), and not during a storage copy: the guest would be
+        # slowed for the whole disk copy, before memory moves.
+        cap_vcpus=options.cap_vcpus is not False and ramp and prediction is not None
+        and prediction.strategy == "layered" and not copied_disks,
     )
 
 

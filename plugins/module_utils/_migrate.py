@@ -82,6 +82,7 @@ from ansible_collections.strata.migration.plugins.module_utils._throttle import 
     SIZED_UNRESPONSIVE,
     VcpuBandwidth,
     apply_cap,
+    cap_by_default,
     cap_period_us,
     capped_rate_mibps,
     corrected_cap_percent,
@@ -482,6 +483,17 @@ class _Run:
         finally:
             self.migration_client.close()
 
+    def cap_where_known_safe(self, plan: MigrationPlan, domain_type: t.Optional[str],
+                             source_qemu: str) -> MigrationPlan:
+        """The plan, its vCPU cap dropped when cap_vcpus is unset and the source is not known safe for it."""
+        if not plan.cap_vcpus or self.options.cap_vcpus is not None:
+            return plan
+        safe, why = cap_by_default(domain_type, source_qemu)
+        if safe:
+            return plan
+        self.event("layer", layer=3, action="vcpu_cap", applied=False, note="not capped, auto-converge alone: " + why)
+        return dataclasses.replace(plan, cap_vcpus=False)
+
     def run_connected(self, check_mode: bool) -> t.Dict[str, t.Any]:
         dom = find_domain(self.source.conn, self.name)
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
@@ -535,6 +547,7 @@ class _Run:
                                  HostVersions(data.destination.libvirt_version, data.destination.hypervisor_version))
         plan = plan_migration(self.options, prediction, domain.memory_max_mib, hot_set_mib, copied,
                               auto_converge=predicted.auto_converge, features=features)
+        plan = self.cap_where_known_safe(plan, domain.domain_type, data.source.hypervisor_version)
         if copied:
             self.event("layer", layer="storage", action="plan", disks=copied, copy_storage=self.options.copy_storage,
                        disk_mib=round(_storage_copy_mib(data.disks, copied), 1))

@@ -25,8 +25,9 @@ The cap runs with a period of its own (see MAX_CAP_PERIOD_US). The destination
 starts without the cap (the migration carries the domain's XML from before it),
 and a failed migration lifts it on the source. The domain's live metadata
 records the original period and quota, so a run cut short (a killed
-controller) leaves a record the next run lifts the cap from. The cap is opt-in
-(live_migrate's cap_vcpus).
+controller) leaves a record the next run lifts the cap from. Unless asked for
+or refused (live_migrate's cap_vcpus), the cap runs only where the source is
+known to track guest writes exactly while a vCPU is stopped (cap_by_default).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import math
 import typing as t
 import xml.etree.ElementTree as ET
 
+from ansible_collections.strata.migration.plugins.module_utils._features import version_tuple
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import LibvirtError, StrataError
 
 # The dirty rate the cap aims for, as a share of the bandwidth: each pass then re-dirties at most a
@@ -53,6 +55,11 @@ MAX_CAP_PERIOD_US = 100000
 # A rate measured under the cap that is still above this share of the uncapped one did not respond:
 # the uncapped measurement saw only the hot set's size, not how often it is rewritten.
 RESPONSE_FRACTION = 0.8
+# A cap tightened in proportion to this share of a CPU or less goes to the floor instead: the guest is nearly
+# stopped either way, and a paced writer's rate falls less than in proportion. On the lab's paced near case
+# (62 MiB/s), caps of 4-10% in proportion took 7.3-10.5 s of job (11 moves on QEMU 7.2 and 10) where those at
+# the 1% floor took a median of 5.8 s (71 moves on QEMU 10, benchmarks/vcpu_cap_soak.py).
+NEAR_FLOOR_PERCENT = 10.0
 # libvirt's bandwidth for a domain that sets none: the kernel's default period, no quota.
 DEFAULT_PERIOD_US = 100000
 NO_QUOTA = -1
@@ -62,6 +69,12 @@ METADATA_ELEMENT = 2
 RECORD_NAMESPACE = "https://strata-migration.github.io/xmlns/vcpu-cap/1"
 RECORD_PREFIX = "strata-cap"
 RECORD_ELEMENT = "vcpu-cap"
+# The first QEMU whose TCG keeps dirty tracking exact across a dirty-bitmap sync (upstream commit 03bfc2188f,
+# "physmem: Fix migration dirty bitmap coherency with TCG memory access", March 2024). Before it a guest
+# write could be lost on the destination, the likely cause of two guest kernel crashes in about 150 capped
+# migrations on QEMU 7.2 (a vCPU the cap stops mid-kernel widens the window); none in 243 on QEMU 10.0
+# (benchmarks/vcpu_cap_soak.py).
+TCG_EXACT_DIRTY_TRACKING_QEMU = "9.0.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +89,21 @@ class VcpuBandwidth:
         if self.quota_us <= 0 or self.period_us <= 0:
             return 100.0
         return min(100.0, 100.0 * self.quota_us / self.period_us)
+
+
+def cap_by_default(domain_type: t.Optional[str], source_qemu: str) -> t.Tuple[bool, str]:
+    """Whether a migration that leaves cap_vcpus unset caps the vCPUs, and why."""
+    if domain_type == "kvm":
+        return True, "KVM tracks guest writes in the host kernel"
+    if domain_type == "qemu":
+        if version_tuple(source_qemu or "0") >= version_tuple(TCG_EXACT_DIRTY_TRACKING_QEMU):
+            return True, "the source runs QEMU %s, whose TCG emulation tracks guest writes exactly" % source_qemu
+        return False, (
+            "the source runs QEMU %s under TCG emulation, which can lose a guest write a capped vCPU makes while "
+            "the migration syncs its dirty bitmap (fixed in QEMU %s); cap_vcpus=true caps anyway"
+            % (source_qemu or "of an unknown version", TCG_EXACT_DIRTY_TRACKING_QEMU))
+    return False, "the cap is known safe only for kvm and qemu domains, not %s; cap_vcpus=true caps anyway" % (
+        domain_type or "one of an unknown type")
 
 
 def cap_period_us(max_downtime_ms: int) -> int:
@@ -118,15 +146,17 @@ def corrected_cap_percent(
 ) -> t.Tuple[float, str]:
     """The cap to migrate with, from the rate measured under cap_percent, and how it was sized.
 
-    On target: kept. Fallen but still above target: tightened in proportion. Not fallen
-    (the uncapped measurement saw only the hot set's size): the strongest cap.
+    On target: kept. Fallen but still above target: tightened in proportion (below
+    NEAR_FLOOR_PERCENT or the floor, or at it, to the strongest cap). Not fallen (the uncapped measurement saw only
+    the hot set's size): the strongest cap.
     """
     target = CAP_TARGET_FRACTION * bandwidth_mibps
     if capped_mibps <= target:
         return cap_percent, SIZED_ON_TARGET
     floor = min_cap_percent(period_us)
     if capped_mibps < RESPONSE_FRACTION * uncapped_mibps:
-        return max(min(cap_percent, math.floor(cap_percent * target / capped_mibps)), floor), SIZED_IN_PROPORTION
+        proportional = min(cap_percent, math.floor(cap_percent * target / capped_mibps))
+        return (floor if proportional <= max(NEAR_FLOOR_PERCENT, floor) else proportional), SIZED_IN_PROPORTION
     return floor, SIZED_UNRESPONSIVE
 
 

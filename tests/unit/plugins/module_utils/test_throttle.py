@@ -30,6 +30,7 @@ from ansible_collections.strata.migration.plugins.module_utils._throttle import 
     SIZED_UNRESPONSIVE,
     VcpuBandwidth,
     apply_cap,
+    cap_by_default,
     cap_period_us,
     corrected_cap_percent,
     first_cap_percent,
@@ -94,6 +95,18 @@ def test_a_rate_that_did_not_fall_takes_the_strongest_cap():
 
 def test_a_proportional_cap_stops_at_the_strongest():
     assert corrected_cap_percent(4, 400, 200, 60, 100000) == (1.0, SIZED_IN_PROPORTION)
+
+
+def test_a_proportional_cap_near_the_floor_goes_to_it():
+    # The lab's paced near case: from 90 MiB/s uncapped to 62 under 19%; in proportion that is 4%.
+    assert corrected_cap_percent(19, 90, 62, 60, 100000) == (1.0, SIZED_IN_PROPORTION)
+    percent, sized = corrected_cap_percent(19, 90, 62, 60, 60000)
+    assert percent == pytest.approx(1.667, abs=0.001) and sized == SIZED_IN_PROPORTION
+    # 10% is the floor too; 12% is kept.
+    assert corrected_cap_percent(40, 90, 60, 60, 100000) == (1.0, SIZED_IN_PROPORTION)
+    assert corrected_cap_percent(50, 90, 60, 60, 100000) == (12, SIZED_IN_PROPORTION)
+    # With a short period the floor itself is above 10%: a cap in proportion at or below it is the floor.
+    assert corrected_cap_percent(40, 90, 60, 60, 6000) == (pytest.approx(16.667, abs=0.001), SIZED_IN_PROPORTION)
 
 
 def test_the_quota_never_goes_below_the_kernels_smallest():
@@ -227,9 +240,34 @@ def test_a_throttled_layered_plan_caps_the_vcpus():
     assert plan.to_dict()["cap_vcpus"] is True
 
 
-def test_the_cap_is_off_unless_asked_for():
+def test_a_refused_cap_is_never_planned():
     plan = throttled_plan(cap_vcpus=False)
     assert plan.hot_layer == HOT_LAYER_THROTTLE and not plan.cap_vcpus
+
+
+def test_an_unset_cap_is_planned_for_the_run_to_judge_the_source():
+    assert throttled_plan(cap_vcpus=None).cap_vcpus
+
+
+@pytest.mark.parametrize("domain_type, qemu", [("kvm", "7.2.0"), ("kvm", ""), ("qemu", "9.0.0"), ("qemu", "10.0.13")])
+def test_unset_the_cap_runs_where_guest_writes_are_tracked_exactly(domain_type, qemu):
+    safe, why = cap_by_default(domain_type, qemu)
+    assert safe
+    assert ("KVM" in why) if domain_type == "kvm" else ("QEMU %s" % qemu in why)
+
+
+@pytest.mark.parametrize("qemu, named", [("7.2.19", "QEMU 7.2.19 under TCG"), ("8.2.0", "QEMU 8.2.0 under TCG"),
+                                         ("", "QEMU of an unknown version under TCG")])
+def test_unset_no_cap_on_a_tcg_source_that_can_lose_guest_writes(qemu, named):
+    safe, why = cap_by_default("qemu", qemu)
+    assert not safe
+    assert named in why and "fixed in QEMU 9.0.0" in why and "cap_vcpus=true caps anyway" in why
+
+
+@pytest.mark.parametrize("domain_type, named", [("xen", "not xen"), (None, "not one of an unknown type")])
+def test_unset_no_cap_for_a_domain_type_never_tried(domain_type, named):
+    safe, why = cap_by_default(domain_type, "10.0.0")
+    assert not safe and named in why and "cap_vcpus=true caps anyway" in why
 
 
 @pytest.mark.parametrize("option_values", [{"allow_postcopy": True}, {"strategy": "precopy"}])
@@ -415,3 +453,26 @@ def test_a_cap_left_by_a_run_cut_short_is_lifted_first_except_in_check_mode(monk
     run.lift_leftover_cap(dom, UNLIMITED, check_mode)
     assert (dom.params == {"vcpu_period": 100000, "vcpu_quota": -1}) is not check_mode
     assert run.result["changed"] is not check_mode
+
+
+def test_unset_a_tcg_source_before_qemu_9_drops_the_planned_cap_and_says_why(monkeypatch):
+    run, _predicted, plan = cap_run(monkeypatch, [])
+    judged = run.cap_where_known_safe(plan, "qemu", "7.2.19")
+    assert plan.cap_vcpus and not judged.cap_vcpus
+    [event] = [e for e in run.timeline.events if e.get("action") == "vcpu_cap"]
+    assert not event["applied"]
+    assert "QEMU 7.2.19 under TCG" in event["note"] and "cap_vcpus=true caps anyway" in event["note"]
+
+
+@pytest.mark.parametrize("domain_type, qemu", [("qemu", "10.0.13"), ("kvm", "7.2.19")])
+def test_unset_a_source_known_safe_keeps_the_planned_cap(monkeypatch, domain_type, qemu):
+    run, _predicted, plan = cap_run(monkeypatch, [])
+    assert run.cap_where_known_safe(plan, domain_type, qemu) is plan
+    assert not [e for e in run.timeline.events if e.get("action") == "vcpu_cap"]
+
+
+def test_an_explicit_cap_is_kept_on_any_source(monkeypatch):
+    run, _predicted, plan = cap_run(monkeypatch, [])
+    run.options = engine_options(bandwidth_mibps=60, cap_vcpus=True)
+    assert run.cap_where_known_safe(plan, "qemu", "7.2.19") is plan
+    assert not [e for e in run.timeline.events if e.get("action") == "vcpu_cap"]
