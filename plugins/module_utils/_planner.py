@@ -11,7 +11,7 @@ Plain data in, a Plan out; it never imports libvirt. Sizes are MiB, rates
 MiB/s, durations s. The same input always gives the same plan: every tie is
 broken by name.
 
-Two modes:
+Three modes:
 
 - evacuate: every VM on the evacuated hosts, largest memory first, goes to
   the eligible host with the most free memory, which spreads the load. A VM
@@ -21,6 +21,9 @@ Two modes:
   host's percentage minus the least loaded one's) exceeds the threshold, the
   planner takes the move off the most loaded host that lowers the spread
   most, and stops when no move lowers it.
+- recover: the VMs of failed hosts are restarted elsewhere, placed as an
+  evacuation places them but highest restart_priority first, so a shortage
+  of capacity leaves the least important ones unplaced.
 
 A target host is never under maintenance, excluded or being evacuated, and
 must keep memory_capacity_mib - reserve_mib >= committed memory, committed
@@ -31,6 +34,9 @@ Moves run in waves: within a wave a host sends at most max_parallel_per_host
 VMs and receives at most as many, the wave holds at most max_parallel_total
 moves, and a move into a host comes after the moves out of that host that
 were planned before it, since the planner counted the memory they free.
+A restart copies nothing and its dead source sends nothing: only the limits
+on receiving hosts and on the wave apply, and its estimate is the per-move
+overhead.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
     with_storage_copy,
 )
 
-MODES = ("evacuate", "rebalance")
+MODES = ("evacuate", "rebalance", "recover")
 DEFAULT_VCPU_OVERCOMMIT_RATIO = 4.0
 DEFAULT_SPREAD_THRESHOLD_PERCENT = 10.0
 DEFAULT_MAX_PARALLEL_PER_HOST = 1
@@ -159,6 +165,8 @@ class VmSpec:
     dirty_rate_mibps: t.Optional[float] = None
     # Local disks a storage copy takes along, in MiB: they lengthen the move.
     disk_mib: float = 0.0
+    # In a recovery, higher is restarted (and placed) first.
+    restart_priority: int = 0
 
     @property
     def pinned_reason(self) -> t.Optional[str]:
@@ -191,6 +199,7 @@ class VmSpec:
             recently_moved=_flag(option + ".recently_moved", data.get("recently_moved", False) or False),
             dirty_rate_mibps=None if dirty is None else _number(option + ".dirty_rate_mibps", dirty),
             disk_mib=_number(option + ".disk_mib", data.get("disk_mib") or 0),
+            restart_priority=_whole(option + ".restart_priority", data.get("restart_priority") or 0, 0),
         )
 
 
@@ -200,6 +209,7 @@ class PlanOptions:
 
     mode: str
     evacuate_hosts: t.Tuple[str, ...] = ()
+    failed_hosts: t.Tuple[str, ...] = ()
     vcpu_overcommit_ratio: float = DEFAULT_VCPU_OVERCOMMIT_RATIO
     spread_threshold_percent: float = DEFAULT_SPREAD_THRESHOLD_PERCENT
     hold_recently_moved: bool = True
@@ -220,16 +230,16 @@ class PlanOptions:
         mode = data.get("mode")
         if mode not in MODES:
             raise PlanError("mode must be one of %s, got %r" % (", ".join(MODES), mode), "mode")
-        evacuate_hosts = get("evacuate_hosts", [])
-        if not isinstance(evacuate_hosts, (list, tuple)):
-            raise PlanError("evacuate_hosts must be a list of host names", "evacuate_hosts")
-        for index, name in enumerate(evacuate_hosts):
-            _name("evacuate_hosts[%d]" % index, name)
+        evacuate_hosts, failed_hosts = _host_names(data, "evacuate_hosts"), _host_names(data, "failed_hosts")
         if mode == "evacuate" and not evacuate_hosts:
             raise PlanError("mode=evacuate needs the hosts to empty in evacuate_hosts", "evacuate_hosts")
-        if mode == "rebalance" and evacuate_hosts:
-            raise PlanError("evacuate_hosts applies to mode=evacuate only; leave it empty to rebalance",
+        if mode != "evacuate" and evacuate_hosts:
+            raise PlanError("evacuate_hosts applies to mode=evacuate only; leave it empty to %s" % mode,
                             "evacuate_hosts")
+        if mode == "recover" and not failed_hosts:
+            raise PlanError("mode=recover needs the hosts whose VMs to restart in failed_hosts", "failed_hosts")
+        if mode != "recover" and failed_hosts:
+            raise PlanError("failed_hosts applies to mode=recover only; leave it empty to %s" % mode, "failed_hosts")
         groups = get("anti_affinity_groups", {})
         if not isinstance(groups, t.Mapping):
             raise PlanError("anti_affinity_groups must map a group name to a list of VM names",
@@ -245,6 +255,7 @@ class PlanOptions:
         return cls(
             mode=mode,
             evacuate_hosts=tuple(sorted(set(evacuate_hosts))),
+            failed_hosts=tuple(sorted(set(failed_hosts))),
             vcpu_overcommit_ratio=_number("vcpu_overcommit_ratio",
                                           get("vcpu_overcommit_ratio", DEFAULT_VCPU_OVERCOMMIT_RATIO), strict=True),
             spread_threshold_percent=_number("spread_threshold_percent",
@@ -259,6 +270,13 @@ class PlanOptions:
             move_overhead_s=_number("move_overhead_s", get("move_overhead_s", DEFAULT_MOVE_OVERHEAD_S)),
             anti_affinity_groups=tuple(group_items),
         )
+
+
+def _host_names(data: t.Mapping[str, t.Any], option: str) -> t.List[str]:
+    names = data.get(option) or []
+    if not isinstance(names, (list, tuple)):
+        raise PlanError("%s must be a list of host names" % option, option)
+    return [_name("%s[%d]" % (option, index), name) for index, name in enumerate(names)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,9 +403,10 @@ class _Cluster:
             self.memory[vm.host] += vm.memory_mib
             self.vcpus[vm.host] += vm.vcpus
             self.on_host[vm.host].append(vm.name)
-        for name in options.evacuate_hosts:
-            if name not in self.hosts:
-                raise PlanError("evacuate_hosts names %s, which is not in hosts" % name, "evacuate_hosts")
+        for option, names in (("evacuate_hosts", options.evacuate_hosts), ("failed_hosts", options.failed_hosts)):
+            for name in names:
+                if name not in self.hosts:
+                    raise PlanError("%s names %s, which is not in hosts" % (option, name), option)
         self.groups: t.Dict[str, t.Set[str]] = {name: set() for name in self.vms}
         for vm in self.vms.values():
             if vm.anti_affinity_group:
@@ -404,10 +423,10 @@ class _Cluster:
                 counts = self.group_count[vm.host]
                 counts[group] = counts.get(group, 0) + 1
         self.location: t.Dict[str, str] = {name: vm.host for name, vm in self.vms.items()}
-        evacuated = set(options.evacuate_hosts)
+        leaving = set(options.evacuate_hosts) | set(options.failed_hosts)
         self.targets = sorted(
             name for name, host in self.hosts.items()
-            if not host.maintenance and not host.excluded and name not in evacuated
+            if not host.maintenance and not host.excluded and name not in leaving
         )
 
     def free_mib(self, host: str) -> float:
@@ -484,18 +503,21 @@ def _unplaceable_reason(cluster: _Cluster, vm: VmSpec) -> t.Tuple[str, str]:
 
 
 def _plan_evacuate(cluster: _Cluster) -> t.Tuple[t.List[t.Tuple[VmSpec, str, str]], list, list]:
+    """Every VM of the evacuated or failed hosts to the eligible host with the most free memory; largest
+    first, and in a recovery highest restart priority first."""
+    recover = cluster.options.mode == "recover"
     moves: t.List[t.Tuple[VmSpec, str, str]] = []
     unplaceable: t.List[t.Dict[str, str]] = []
     not_moved: t.List[t.Dict[str, str]] = []
     leaving: t.List[VmSpec] = []
-    for host in cluster.options.evacuate_hosts:
+    for host in cluster.options.failed_hosts if recover else cluster.options.evacuate_hosts:
         for name in sorted(cluster.on_host[host]):
             vm = cluster.vms[name]
             if vm.pinned_reason:
                 not_moved.append({"vm": name, "host": host, "reason": vm.pinned_reason})
             else:
                 leaving.append(vm)
-    leaving.sort(key=lambda vm: (-vm.memory_mib, vm.name))
+    leaving.sort(key=lambda vm: (-vm.restart_priority if recover else 0, -vm.memory_mib, vm.name))
     # Most free memory first; entries go stale when a host takes a VM and are skipped.
     heap = [(-cluster.free_mib(name), name) for name in cluster.targets]
     heapq.heapify(heap)
@@ -641,6 +663,8 @@ def _plan_rebalance(cluster: _Cluster) -> t.Tuple[t.List[t.Tuple[VmSpec, str, st
 def _assign_waves(moves: t.Sequence[t.Tuple[VmSpec, str, str]], options: PlanOptions) -> t.List[int]:
     """A wave (0-based) per move, in plan order; first fit within the limits and the freeing order."""
     per_host = options.max_parallel_per_host
+    # A failed host sends nothing: its VMs restart elsewhere.
+    sources_limited = options.mode != "recover"
     outgoing: t.Dict[t.Tuple[str, int], int] = {}
     incoming: t.Dict[t.Tuple[str, int], int] = {}
     sizes: t.List[int] = []
@@ -653,7 +677,8 @@ def _assign_waves(moves: t.Sequence[t.Tuple[VmSpec, str, str]], options: PlanOpt
         while True:
             if wave == len(sizes):
                 sizes.append(0)
-            if (sizes[wave] < options.max_parallel_total and outgoing.get((source, wave), 0) < per_host
+            if (sizes[wave] < options.max_parallel_total
+                    and (not sources_limited or outgoing.get((source, wave), 0) < per_host)
                     and incoming.get((target, wave), 0) < per_host):
                 break
             wave += 1
@@ -683,21 +708,23 @@ def estimate_move_s(vm: VmSpec, options: PlanOptions) -> float:
 
 def _summary(plan_mode: str, moves: int, waves: int, total_s: float, window_s: t.Optional[float],
              fits: t.Optional[bool], unplaceable: int, not_moved: int, before: float, after: float) -> str:
-    text = "%s: %d move%s in %d wave%s, about %s s" % (
-        plan_mode, moves, "" if moves == 1 else "s", waves, "" if waves == 1 else "s", _fmt(total_s))
+    noun, verb = ("restart", "restarted") if plan_mode == "recover" else ("move", "moved")
+    text = "%s: %d %s%s in %d wave%s, about %s s" % (
+        plan_mode, moves, noun, "" if moves == 1 else "s", waves, "" if waves == 1 else "s", _fmt(total_s))
     if window_s is not None:
         text += " (%s the %s s window)" % ("fits" if fits else "does not fit", _fmt(window_s))
-    text += "; %d unplaceable, %d not moved; memory spread %s%% -> %s%%" % (
-        unplaceable, not_moved, _fmt(before), _fmt(after))
+    text += "; %d unplaceable, %d not %s; memory spread %s%% -> %s%%" % (
+        unplaceable, not_moved, verb, _fmt(before), _fmt(after))
     return text
 
 
 def plan_placement(hosts: t.Sequence[HostSpec], vms: t.Sequence[VmSpec], options: PlanOptions) -> Plan:
-    """Plan the moves of one evacuation or rebalance; PlanError names the input at fault."""
+    """Plan the moves of one evacuation or rebalance, or the restarts of a recovery; PlanError names the input
+    at fault."""
     cluster = _Cluster(hosts, vms, options)
     load_before = cluster.loads()
     spread_before = cluster.spread()
-    if options.mode == "evacuate":
+    if options.mode in ("evacuate", "recover"):
         planned, unplaceable, not_moved = _plan_evacuate(cluster)
     else:
         planned, unplaceable, not_moved = _plan_rebalance(cluster)
@@ -707,7 +734,7 @@ def plan_placement(hosts: t.Sequence[HostSpec], vms: t.Sequence[VmSpec], options
     for (vm, source, target), wave in zip(planned, wave_of):
         key = (vm.memory_mib, vm.dirty_rate_mibps or 0.0, vm.disk_mib)
         if key not in estimates:
-            estimates[key] = estimate_move_s(vm, options)
+            estimates[key] = options.move_overhead_s if options.mode == "recover" else estimate_move_s(vm, options)
         moves.append(Move(vm.name, vm.uuid, source, target, vm.memory_mib, estimates[key], wave + 1, vm.disk_mib))
     ordered = [move for _index, move in sorted(enumerate(moves), key=lambda item: (item[1].wave, item[0]))]
     wave_count = max(wave_of) + 1 if wave_of else 0

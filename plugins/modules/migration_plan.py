@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: migration_plan
-short_description: Plan where VMs go to empty hosts or to balance memory load
+short_description: Plan where VMs go to empty hosts, to balance memory load, or to restart those of failed hosts
 version_added: 0.1.0
 description:
   - Plans live migrations from plain data, for example built from M(strata.migration.host_info) and
@@ -20,7 +20,13 @@ description:
     exceeds O(spread_threshold_percent), the VM on the most loaded host whose move lowers the spread most moves to
     a less loaded host; planning stops when no move helps. Only hosts neither under maintenance nor excluded take
     part.
-  - A target host is never under maintenance, excluded or evacuated; it must keep its reserve free, stay within
+  - With O(mode=recover), the VMs of O(failed_hosts) are placed as an evacuation places them, but highest
+    O(vms[].restart_priority) first, so when capacity runs short the least important ones are the ones listed in
+    RV(plan.unplaceable). A restart copies nothing and its failed source sends nothing, so only the limits on the
+    receiving hosts and on each wave apply, and each restart is estimated at O(move_overhead_s). The plan does not
+    say whether a host has failed or whether a VM's disks can be reached elsewhere; give a VM whose disks were on
+    the failed host O(vms[].pinned) with that reason.
+  - A target host is never under maintenance, excluded, evacuated or failed; it must keep its reserve free, stay within
     O(vcpu_overcommit_ratio), and never hold two VMs of one anti-affinity group. Pinned VMs are reported in
     RV(plan.not_moved) and never move. No VM moves twice in one plan.
   - Moves come in waves within O(max_parallel_per_host) and O(max_parallel_total); a move into a host comes after
@@ -38,10 +44,11 @@ seealso:
 options:
   mode:
     description:
-      - V(evacuate) empties O(evacuate_hosts); V(rebalance) evens out memory load across hosts.
+      - V(evacuate) empties O(evacuate_hosts); V(rebalance) evens out memory load across hosts; V(recover) places the
+        VMs of O(failed_hosts) for a restart elsewhere.
     type: str
     required: true
-    choices: [evacuate, rebalance]
+    choices: [evacuate, rebalance, recover]
   hosts:
     description:
       - Every host of the cluster, with its declared capacity.
@@ -50,7 +57,7 @@ options:
     required: true
     suboptions:
       name:
-        description: Host name, as used in O(vms[].host) and O(evacuate_hosts).
+        description: Host name, as used in O(vms[].host), O(evacuate_hosts) and O(failed_hosts).
         type: str
         required: true
       memory_capacity_mib:
@@ -123,9 +130,20 @@ options:
             copy runs before memory moves. M(strata.migration.cluster_info) reports it as C(local_disk_mib).
         type: float
         default: 0
+      restart_priority:
+        description:
+          - With O(mode=recover), VMs of a higher priority are placed first; ties go largest memory first.
+        type: int
+        default: 0
   evacuate_hosts:
     description:
-      - Hosts to empty. Required with O(mode=evacuate), not allowed with O(mode=rebalance).
+      - Hosts to empty. Required with O(mode=evacuate), not allowed otherwise.
+    type: list
+    elements: str
+    default: []
+  failed_hosts:
+    description:
+      - Hosts whose VMs to restart elsewhere. Required with O(mode=recover), not allowed otherwise.
     type: list
     elements: str
     default: []
@@ -217,6 +235,17 @@ EXAMPLES = r"""
       databases: [db1, db2]
   register: rebalance
 
+- name: Plan the restart of hv3's VMs after hv3 failed, the databases first
+  strata.migration.migration_plan:
+    mode: recover
+    failed_hosts: [hv3]
+    hosts: "{{ cluster_hosts }}"
+    vms:
+      - {name: db3, host: hv3, memory_mib: 8192, vcpus: 4, restart_priority: 10}
+      - {name: web3, host: hv3, memory_mib: 2048, vcpus: 1, anti_affinity_group: web}
+      - {name: batch1, host: hv3, memory_mib: 4096, vcpus: 2, pinned: disk on the failed host}
+  register: restarts
+
 - name: Stop when a VM cannot be placed
   ansible.builtin.assert:
     that: evacuation.plan.unplaceable | length == 0
@@ -234,7 +263,7 @@ plan:
       type: str
       sample: evacuate
     moves:
-      description: The moves, in wave order.
+      description: The moves, in wave order; with O(mode=recover), the restarts, each from its failed host.
       type: list
       elements: dict
       contains:
@@ -258,7 +287,7 @@ plan:
           type: float
         estimated_s:
           description: Estimated time of the move in seconds, O(move_overhead_s) plus the pre-copy time from the
-            convergence model.
+            convergence model; O(move_overhead_s) alone for a restart.
           type: float
         wave:
           description: Wave number, from 1.
@@ -290,7 +319,7 @@ plan:
     spread_before_percent:
       description:
         - Memory spread before the plan in percentage points, over the hosts that may take VMs (not under
-          maintenance, excluded or evacuated).
+          maintenance, excluded, evacuated or failed).
       type: float
       sample: 37.5
     spread_after_percent:
@@ -359,10 +388,11 @@ VM_SPEC = {
     "recently_moved": {"type": "bool", "default": False},
     "dirty_rate_mibps": {"type": "float"},
     "disk_mib": {"type": "float", "default": 0},
+    "restart_priority": {"type": "int", "default": 0},
 }
 
 PLAN_OPTIONS = (
-    "mode", "evacuate_hosts", "anti_affinity_groups", "vcpu_overcommit_ratio", "spread_threshold_percent",
+    "mode", "evacuate_hosts", "failed_hosts", "anti_affinity_groups", "vcpu_overcommit_ratio", "spread_threshold_percent",
     "hold_recently_moved", "max_parallel_per_host", "max_parallel_total", "bandwidth_mibps", "max_downtime_ms",
     "window_s", "move_overhead_s",
 )
@@ -371,10 +401,11 @@ PLAN_OPTIONS = (
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "mode": {"type": "str", "required": True, "choices": ["evacuate", "rebalance"]},
+            "mode": {"type": "str", "required": True, "choices": ["evacuate", "rebalance", "recover"]},
             "hosts": {"type": "list", "elements": "dict", "required": True, "options": HOST_SPEC},
             "vms": {"type": "list", "elements": "dict", "required": True, "options": VM_SPEC},
             "evacuate_hosts": {"type": "list", "elements": "str", "default": []},
+            "failed_hosts": {"type": "list", "elements": "str", "default": []},
             "anti_affinity_groups": {"type": "dict", "default": {}},
             "vcpu_overcommit_ratio": {"type": "float", "default": 4.0},
             "spread_threshold_percent": {"type": "float", "default": 10.0},

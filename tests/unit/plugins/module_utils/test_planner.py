@@ -418,3 +418,66 @@ def test_a_vm_with_local_disks_to_copy_takes_their_copy_longer():
 def test_disk_mib_must_not_be_negative():
     with pytest.raises(PlanError, match="disk_mib"):
         evacuate([host("a"), host("b")], [vm("x", "a", 1000, disk_mib=-1)], "a")
+
+
+def recover(hosts: t.List[t.Dict[str, t.Any]], vms: t.List[t.Dict[str, t.Any]], *names: str,
+            **options: t.Any) -> t.Dict[str, t.Any]:
+    return plan_from_data(hosts, vms, dict(options, mode="recover", failed_hosts=list(names))).to_dict()
+
+
+def test_a_recovery_restarts_a_failed_hosts_vms_on_the_survivors_never_on_a_failed_host():
+    hosts = [host("hv1"), host("hv2"), host("hv3", memory=8000)]
+    vms = [vm("a", "hv1", 3000), vm("b", "hv1", 2000), vm("c", "hv2", 1000)]
+    plan = recover(hosts, vms, "hv1")
+    assert plan["mode"] == "recover"
+    # Largest first to the most free memory: a to hv2 (9000 free against 8000), then b to hv3 (8000 against 6000).
+    assert targets(plan) == {"a": "hv2", "b": "hv3"}
+    assert all(move["from"] == "hv1" for move in plan["moves"])
+    assert plan["summary"].startswith("recover: 2 restarts in 1 wave")
+
+
+def test_short_of_capacity_the_highest_restart_priority_is_placed_first():
+    hosts = [host("hv1"), host("hv2", memory=3000)]
+    vms = [vm("big", "hv1", 2500), vm("vital", "hv1", 1000, restart_priority=10), vm("other", "hv1", 1500)]
+    plan = recover(hosts, vms, "hv1")
+    # By size alone "big" would take hv2 and nothing else would fit; by priority "vital" goes first.
+    assert targets(plan) == {"vital": "hv2", "other": "hv2"}
+    assert [item["vm"] for item in plan["unplaceable"]] == ["big"]
+    assert plan["unplaceable"][0]["constraint"] == "memory"
+
+
+def test_a_recovery_keeps_anti_affinity_and_leaves_pinned_vms():
+    hosts = [host("hv1"), host("hv2"), host("hv3")]
+    vms = [vm("web1", "hv1", anti_affinity_group="web"), vm("web2", "hv2", anti_affinity_group="web"),
+           vm("local", "hv1", pinned="a disk on the failed host")]
+    plan = recover(hosts, vms, "hv1")
+    assert targets(plan) == {"web1": "hv3"}
+    assert plan["not_moved"] == [{"vm": "local", "host": "hv1", "reason": "not migratable: a disk on the failed host"}]
+
+
+def test_restarts_from_one_dead_host_run_side_by_side_within_the_receivers_limits():
+    hosts = [host("hv1"), host("hv2"), host("hv3")]
+    vms = [vm("v%d" % index, "hv1") for index in range(4)]
+    plan = recover(hosts, vms, "hv1", max_parallel_per_host=1, max_parallel_total=4)
+    # The dead source does not serialize them: two receivers, one restart each per wave.
+    assert plan["waves"] == [["v0", "v1"], ["v2", "v3"]]
+    assert all(move["estimated_s"] == DEFAULT_MOVE_OVERHEAD_S for move in plan["moves"])
+
+
+@pytest.mark.parametrize("options, option", [
+    ({"mode": "recover"}, "failed_hosts"),
+    ({"mode": "recover", "failed_hosts": ["hv1"], "evacuate_hosts": ["hv1"]}, "evacuate_hosts"),
+    ({"mode": "evacuate", "evacuate_hosts": ["hv1"], "failed_hosts": ["hv2"]}, "failed_hosts"),
+    ({"mode": "recover", "failed_hosts": ["hv9"]}, "failed_hosts"),
+])
+def test_recovery_inputs_that_do_not_add_up_are_refused_naming_the_option(options, option):
+    with pytest.raises(PlanError) as caught:
+        plan_from_data([host("hv1"), host("hv2")], [vm("a", "hv1")], options)
+    assert caught.value.option == option
+
+
+def test_a_negative_restart_priority_is_refused():
+    with pytest.raises(PlanError) as caught:
+        plan_from_data([host("hv1"), host("hv2")], [vm("a", "hv1", restart_priority=-1)],
+                       {"mode": "recover", "failed_hosts": ["hv1"]})
+    assert caught.value.option == "vms[0].restart_priority"
