@@ -14,6 +14,8 @@
                                            [--anti-affinity GROUP] [--pinned REASON]
                                            [--disk-mib 64 --disk-pool local|small|shared|nbd]
     strata-lab guest check-disk NAME       the guest's disk workload read back every block intact
+    strata-lab guest check-image NAME      every block the workload wrote to its shared disk image is intact
+                                           (the guest not running: after a host crash)
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
@@ -21,7 +23,8 @@
     strata-lab host set-stack hv2 trixie   restart an empty host on another stack, as an upgrade would
     strata-lab host remove hv4             stop it and take it out of the lab (it must run no guest)
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
-    strata-lab host start hv2              restart a killed host, taking back its running guests
+    strata-lab host crash hv2              SIGKILL its libvirtd, sshd and every guest QEMU at once (power loss)
+    strata-lab host start hv2              restart a killed or crashed host, taking back its running guests
     strata-lab host sshd-stop hv2          SIGSTOP the host's sshd: new ssh connections hang
     strata-lab host sshd-cont hv2          let it go on
     strata-lab host fill-pool hv2 [--leave-mib 0]   fill hv2's pool 'small' (a 192 MiB tmpfs)
@@ -370,6 +373,9 @@ def cmd_host(args: argparse.Namespace) -> None:
         killed = hosts.kill_host(host)
         print(json.dumps({"host": host.name, "killed_pids": killed, "changed": bool(killed)}))
         return
+    if args.host_command == "crash":
+        print(json.dumps(hosts.crash_host(host)))
+        return
     if args.host_command == "fill-pool":
         print(json.dumps(hosts.fill_pool(host, args.leave_mib)))
         return
@@ -415,6 +421,11 @@ def cmd_guest(args: argparse.Namespace) -> None:
         print(json.dumps(report))
         if not report["intact"]:
             raise LabError(f"guest {args.name}: {report['disk_errors']} disk error(s): {report['error_lines'][:3]}")
+    elif args.guest_command == "check-image":
+        report = guests.check_image(state, args.name)
+        print(json.dumps(report))
+        if not report["intact"]:
+            raise LabError(f"guest {args.name}: {report['blocks_written']} block(s) written, bad: {report['bad_blocks']}")
     elif args.guest_command == "delete":
         print(json.dumps({"name": args.name, "deleted_from": guests.delete_guest(state, args.name)}))
     else:
@@ -505,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_disk.add_argument("name")
     check_disk.add_argument("--timeout-s", type=float, default=30)
+    guest_sub.add_parser(
+        "check-image", help="read a stopped guest's shared disk image; exit 1 on a torn or corrupted block"
+    ).add_argument("name")
     delete = guest_sub.add_parser("delete")
     delete.add_argument("name")
     guest_sub.add_parser("list")
@@ -535,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
         "name"
     )
     host_sub.add_parser(
-        "start", help="start a killed host again; it reconnects to its running guests (no-op when it is up)"
+        "crash", help="SIGKILL the host's libvirtd, sshd and guests' QEMU at once, as a power loss"
+    ).add_argument("name")
+    host_sub.add_parser(
+        "start", help="start a killed or crashed host again; it reconnects to its running guests (no-op when it is up)"
     ).add_argument("name")
     host_sub.add_parser("sshd-stop", help="SIGSTOP the host's sshd: new ssh connections to it hang").add_argument(
         "name"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,49 @@ def wait_ready(console: Path, name: str, offset: int, timeout_s: float) -> float
                 return time.monotonic() - started
         time.sleep(0.2)
     raise LabError(f"guest {name} did not reach userspace within {timeout_s} s; see {console}")
+
+
+# The disk workload's block format (lab/guest/workload.c): 4 KiB blocks of little-endian u64s, magic,
+# boot id, write seq, block index, payload, then an FNV-1a 64 checksum of the rest in the last 8 bytes.
+DISK_BLOCK = 4096
+DISK_MAGIC = 0x4B44415441525453
+
+
+def _fnv1a64(data: bytes) -> int:
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def check_image(state: LabState, name: str, timeout_s: float = 60) -> dict:
+    """Read the shared disk image of a guest that is not running and check every block its workload wrote.
+
+    A block with the workload's magic must have its own index and a good checksum: a torn or
+    corrupted block fails. Blocks never written (the fill pattern, zeros) are not counted.
+    """
+    images = sorted(state.shared_pool_dir.glob(f"{name}.*"))
+    if len(images) != 1:
+        raise LabError(f"guest {name}: expected one disk image {name}.* in {state.shared_pool_dir}, found {len(images)}")
+    with tempfile.TemporaryDirectory(prefix="strata-lab-image.") as work:
+        raw = Path(work) / "disk.raw"
+        done = subprocess.run(["qemu-img", "convert", "-O", "raw", str(images[0]), str(raw)],
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        if done.returncode:
+            raise LabError(f"guest {name}: cannot read {images[0]} (is it running?): {done.stderr.strip()}")
+        data = raw.read_bytes()
+    written, bad, boots = 0, [], set()
+    for index in range(len(data) // DISK_BLOCK):
+        block = data[index * DISK_BLOCK:(index + 1) * DISK_BLOCK]
+        if int.from_bytes(block[0:8], "little") != DISK_MAGIC:
+            continue
+        written += 1
+        boots.add(int.from_bytes(block[8:16], "little"))
+        checksum_ok = int.from_bytes(block[-8:], "little") == _fnv1a64(block[:-8])
+        if not checksum_ok or int.from_bytes(block[24:32], "little") != index:
+            bad.append(index)
+    return {"name": name, "image": str(images[0]), "blocks_written": written, "boots": len(boots),
+            "bad_blocks": bad[:20], "intact": written > 0 and not bad}
 
 
 def find_guest(state: LabState, name: str) -> list[str]:

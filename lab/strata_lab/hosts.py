@@ -504,6 +504,23 @@ def kill_host(host: HostSpec) -> list[int]:
     return pids
 
 
+def crash_host(host: HostSpec) -> dict:
+    """SIGKILL the host's libvirtd, sshd and every guest QEMU at once, as a power loss would.
+
+    Definitions and disks stay; `start_host(keep_running=True)` brings the host back with its guests shut off.
+    """
+    processes = _processes()
+    daemons = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes)
+    guests = guest_qemu_pids(host)
+    for pid in daemons + guests:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in daemons + guests):
+        time.sleep(0.1)
+    return {"host": host.name, "killed_daemon_pids": daemons, "killed_guest_pids": guests,
+            "changed": bool(daemons or guests)}
+
+
 def signal_sshd(host: HostSpec, sig: int) -> list[int]:
     """Send `sig` to the host's listening sshd (SIGSTOP: new ssh connections hang, as with a stalled sshd)."""
     pids = transports.sshd_pids(host, _processes())

@@ -46,5 +46,6 @@ class FilterModule:
                 "evacuation_remaining",
                 "return_waves",
                 "window_table",
+                "recovery_input",
             )
         }

@@ -16,6 +16,13 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.strata.migration.plugins.module_utils._cluster import (
+    CLUSTER_HOSTS_ARGSPEC,
+    ClusterHost,
+    cluster_hosts,
+    host_uri_secrets,
+)
+
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
@@ -113,3 +120,25 @@ class StrataModule(AnsibleModule):
     def fail_json(self, msg: str, **kwargs: t.Any) -> t.NoReturn:
         self._close_client()
         super().fail_json(msg, **kwargs)
+
+
+class StrataClusterModule(AnsibleModule):
+    """AnsibleModule for modules that read every host of a cluster at once (the strata.migration.cluster_hosts
+    doc fragment): the options of the fragment, the hosts' passwords in no_log_values, the binding present."""
+
+    def __init__(self, argument_spec: t.Optional[t.Dict[str, t.Any]] = None, **kwargs: t.Any) -> None:
+        spec = copy.deepcopy(CLUSTER_HOSTS_ARGSPEC)
+        spec.update(argument_spec or {})
+        super().__init__(argument_spec=spec, **kwargs)
+        if not HAS_LIBVIRT:
+            self.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+
+    def _load_params(self) -> None:
+        # The hosts' URIs are nested, out of reach of AnsibleModule's no_log handling: mask their
+        # passwords before any argument check can fail and echo them.
+        super()._load_params()
+        self.no_log_values.update(host_uri_secrets(self.params.get("hosts")))
+
+    def checked_hosts(self) -> t.List[ClusterHost]:
+        """The hosts option, checked (StrataError naming the entry at fault)."""
+        return cluster_hosts(self.params["hosts"], self.params["connect_timeout_s"])

@@ -49,6 +49,7 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
 # The placement hints a domain carries in its <metadata>, so they move with it:
 #   <strata:migration xmlns:strata="...migration/1">
 #     <strata:anti_affinity group="web"/> <strata:pinned reason="licence bound to host"/>
+#     <strata:restart priority="10"/>
 #   </strata:migration>
 # The version in the URI changes if the shape does.
 METADATA_NAMESPACE = "https://strata-migration.github.io/xmlns/migration/1"
@@ -56,6 +57,22 @@ METADATA_PREFIX = "strata"
 METADATA_ELEMENT = "migration"
 
 PINNED_HOST_DEVICE = "host device"
+
+# Documented by the strata.migration.cluster_hosts doc fragment.
+CLUSTER_HOSTS_ARGSPEC: t.Dict[str, t.Dict[str, t.Any]] = {
+    "hosts": {
+        "type": "list",
+        "elements": "dict",
+        "required": True,
+        "options": {
+            "name": {"type": "str", "required": True},
+            "uri": {"type": "str", "required": True},
+            "memory_capacity_mib": {"type": "int"},
+            "reserve_mib": {"type": "int", "default": 0},
+        },
+    },
+    "connect_timeout_s": {"type": "int", "default": 10},
+}
 
 MIB = 1024 * 1024
 
@@ -84,6 +101,8 @@ class MigrationMetadata:
 
     anti_affinity_group: t.Optional[str] = None
     pinned_reason: t.Optional[str] = None
+    # Recovery restarts higher priorities first; a priority that is not a whole number >= 0 counts as 0.
+    restart_priority: int = 0
 
 
 @dataclasses.dataclass
@@ -248,6 +267,9 @@ def parse_migration_metadata(domain_xml: str) -> MigrationMetadata:
         elif kind == "pinned":
             # <pinned/> without a reason still pins; the reason says so.
             metadata.pinned_reason = (child.get("reason") or "").strip() or "pinned in the domain's metadata"
+        elif kind == "restart":
+            priority = (child.get("priority") or "").strip()
+            metadata.restart_priority = int(priority) if priority.isdigit() else 0
     return metadata
 
 
@@ -445,11 +467,11 @@ def _read_host(conn: t.Any, name: str) -> _Gathered:
     )
 
 
-def _cause(exc: BaseException) -> str:
+def error_cause(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, StrataError) else describe_libvirt_error(exc)
 
 
-def _connect_all(clients: t.Sequence[LibvirtClient]) -> t.List[t.Optional[BaseException]]:
+def connect_all(clients: t.Sequence[LibvirtClient]) -> t.List[t.Optional[BaseException]]:
     """Open every connection at once, so unreachable hosts cost one timeout, not one each."""
 
     def attempt(client: LibvirtClient) -> t.Optional[BaseException]:
@@ -478,7 +500,7 @@ def gather_cluster(
     """
     clients = [LibvirtClient(spec.uri, connect_timeout_s, opener=opener) for spec in specs]
     try:
-        errors = _connect_all(clients)
+        errors = connect_all(clients)
         gathered: t.List[t.Tuple[ClusterHost, LibvirtClient, _Gathered]] = []
         unreachable: t.List[UnreachableHost] = []
         for spec, client, error in zip(specs, clients, errors):
@@ -491,11 +513,11 @@ def gather_cluster(
             if required:
                 raise ClusterError(
                     "cannot read host '%s' (%s): %s; fix the host or its uri, or set required to false to leave "
-                    "it out" % (spec.name, spec.display_uri, _cause(error)),
+                    "it out" % (spec.name, spec.display_uri, error_cause(error)),
                     host=spec.name,
                     uri=spec.display_uri,
                 ) from error
-            unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=_cause(error)))
+            unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=error_cause(error)))
         _find_local_disks(gathered)
         return build_report(specs, [item.reading for _spec, _client, item in gathered], unreachable, copy_storage)
     finally:

@@ -39,7 +39,7 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import S
 
 MANIFEST_VERSION = 1
 
-WORKFLOWS = ("evacuate", "rebalance", "maintenance_window")
+WORKFLOWS = ("evacuate", "rebalance", "maintenance_window", "recover")
 
 PLANNED = "planned"
 RUNNING = "running"
@@ -276,17 +276,14 @@ def read_manifest(path: str) -> t.Optional[Manifest]:
 def save_manifest(path: str, manifest: Manifest) -> None:
     """Write `manifest` to `path` atomically, readable by its owner only.
 
-    The data goes to a temporary file in the same directory, is flushed to
-    disk, then replaces the old file in one rename, so a run killed at any
-    point leaves either the old manifest or the new one, never a truncated one.
-    The directory must exist: a mistyped path fails instead of starting a
-    record nobody would find.
+    See write_private_file: a run killed at any point leaves either the old
+    manifest or the new one, never a truncated one. The directory must exist:
+    a mistyped path fails instead of starting a record nobody would find.
     """
     for move in manifest.moves:
         _check_move(move)
     text = json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=True) + "\n"
     directory = os.path.dirname(os.path.abspath(path))
-    temp_path = None
     if not os.path.exists(directory):
         raise ManifestError(
             "Cannot write the manifest %s: its directory %s does not exist. Create the directory first, or pass "
@@ -294,27 +291,38 @@ def save_manifest(path: str, manifest: Manifest) -> None:
             path=path,
         )
     try:
-        # mkstemp creates the file with mode 0600.
-        handle, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_path, path)
-        temp_path = None
-        _fsync_directory(directory)
+        write_private_file(path, text)
     except OSError as exc:
         raise ManifestError(
             "Cannot write the manifest %s: %s. The previous manifest, if any, is unchanged; fix the directory "
             "or pass another manifest path." % (path, exc.strerror or exc),
             path=path,
         ) from None
-    finally:
-        if temp_path is not None:
-            try:
-                os.unlink(temp_path)
-            except OSError:
-                pass
+
+
+def write_private_file(path: str, text: str) -> None:
+    """Replace the file at `path` with `text` atomically, readable by its owner only (OSError when it cannot).
+
+    The text goes to a temporary file in the same directory, is flushed to
+    disk, then replaces the old file in one rename, so a run killed at any
+    point leaves either the old file or the new one, never a truncated one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    # mkstemp creates the file with mode 0600.
+    handle, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -262,3 +262,19 @@ def window_table(hosts: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
         if host.get("detail"):
             lines.append("%-10s %s" % ("", host["detail"]))
     return lines
+
+
+def recovery_input(
+    backup: t.Any,
+    failed_hosts: t.Any,
+    cluster: t.Mapping[str, t.Any],
+    restart_priorities: t.Optional[t.Mapping[str, int]] = None,
+) -> Data:
+    """The failed hosts and their VMs to restart in migration_plan's terms, and the VMs left out with why."""
+    # Imported here: the other filters need no libvirt-side code.
+    from ansible_collections.strata.migration.plugins.module_utils import _definitions
+
+    try:
+        return _definitions.recovery_input(backup, host_list(failed_hosts, "failed_hosts"), cluster, restart_priorities)
+    except _definitions.BackupError as exc:
+        raise WorkflowError(str(exc)) from None

@@ -30,45 +30,9 @@ description:
 author:
   - strata.migration developers (@strata-migration)
 extends_documentation_fragment:
+  - strata.migration.cluster_hosts
   - strata.migration.attributes.read_only
 options:
-  hosts:
-    description:
-      - Every host of the cluster.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description:
-          - Host name, normally the inventory name; the result names hosts by it. Names must be unique.
-        type: str
-        required: true
-      uri:
-        description:
-          - libvirt connection URI of the host, in the form C(DRIVER[+TRANSPORT]://[USER@][HOST[:PORT]]/PATH), as
-            the C(uri) option of the other modules of this collection. Each host needs its own URI.
-          - A password in the URI is never shown in output.
-        type: str
-        required: true
-      memory_capacity_mib:
-        description:
-          - Memory the host offers to VMs, in MiB. Defaults to the host's memory as
-            M(strata.migration.host_info) reports it (RV(hosts[].memory_total_mib)).
-          - Set it where hosts share memory or the host's own memory is reserved for other uses.
-        type: int
-      reserve_mib:
-        description:
-          - Memory in MiB kept free for the host itself; the planner never places VMs into it.
-        type: int
-        default: 0
-  connect_timeout_s:
-    description:
-      - Seconds to wait for the connection to each host to open. The hosts are connected to at the same time, so
-        this bounds the wait for all of them.
-      - Must be at least V(1).
-    type: int
-    default: 10
   required:
     description:
       - With V(true), a host that cannot be connected to or read fails the task, with a message naming the host.
@@ -289,53 +253,22 @@ unreachable_hosts:
       sample: "libvirt at qemu+ssh://root@hv3.example.com/system did not answer within 10 s (connect_timeout_s); ..."
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.strata.migration.plugins.module_utils._cluster import (
-    cluster_hosts,
-    gather_cluster,
-    host_uri_secrets,
-)
+from ansible_collections.strata.migration.plugins.module_utils._base import StrataClusterModule
+from ansible_collections.strata.migration.plugins.module_utils._cluster import gather_cluster
 from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
-from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    StrataError,
-)
-
-
-class ClusterInfoModule(AnsibleModule):
-    def _load_params(self) -> None:
-        # The hosts' URIs are nested, out of reach of the base's no_log handling: mask their
-        # passwords before any argument check can fail and echo them.
-        super()._load_params()
-        self.no_log_values.update(host_uri_secrets(self.params.get("hosts")))
+from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
 
 
 def main() -> None:
-    module = ClusterInfoModule(
+    module = StrataClusterModule(
         argument_spec={
-            "hosts": {
-                "type": "list",
-                "elements": "dict",
-                "required": True,
-                "options": {
-                    "name": {"type": "str", "required": True},
-                    "uri": {"type": "str", "required": True},
-                    "memory_capacity_mib": {"type": "int"},
-                    "reserve_mib": {"type": "int", "default": 0},
-                },
-            },
-            "connect_timeout_s": {"type": "int", "default": 10},
             "required": {"type": "bool", "default": True},
             "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
         },
         supports_check_mode=True,
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     try:
-        specs = cluster_hosts(module.params["hosts"], module.params["connect_timeout_s"])
+        specs = module.checked_hosts()
         report = gather_cluster(specs, module.params["connect_timeout_s"], required=module.params["required"],
                                 copy_storage=module.params["copy_storage"])
     except StrataError as exc:

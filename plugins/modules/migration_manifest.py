@@ -42,7 +42,7 @@ options:
       - The workflow the manifest records. Required when O(path) does not exist. When the file exists, it must
         record this workflow; leave it out to accept whatever the file records.
     type: str
-    choices: [evacuate, rebalance, maintenance_window]
+    choices: [evacuate, rebalance, maintenance_window, recover]
   finished:
     description:
       - Moves that ended, each with the result of its M(strata.migration.live_migrate) task (or of the failed task).
