@@ -80,7 +80,8 @@ demo-guests: lab-up
 
 # The engine against plain libvirt migration (benchmarks/results/live_migrate.*), then a move with
 # a storage copy against plain virsh (benchmarks/results/storage.*), then incompressible shaking
-# pages (benchmarks/results/shaking.*); the benchmarks import the collection from this checkout
+# pages (benchmarks/results/shaking.*), then a crashed host's VMs restarted through the rulebook
+# (benchmarks/results/recovery.*); the benchmarks import the collection from this checkout
 # (labkit.use_collection), so nothing is staged. They run on the lab's hosts of BENCH_STACK: stock
 # (the machine's libvirt and QEMU, results in benchmarks/results/) or trixie (libvirt 11, QEMU 10,
 # results in benchmarks/results/trixie/). Changing the stack stops the lab's running guests.
@@ -93,3 +94,4 @@ bench: venv
 	$(VENV)/bin/python benchmarks/live_migrate_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/storage_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/shaking_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/recovery_benchmark.py --out-dir $(BENCH_OUT) $(BENCH_ARGS)

@@ -99,7 +99,7 @@ ecosystem_check() {
   fi
 }
 ecosystem_check sanity-ignores-empty bash -c '! grep -s -v "^$" tests/sanity/ignore-*.txt'
-ecosystem_check ansible-lint ansible-lint --offline --profile production roles playbooks
+ecosystem_check ansible-lint ansible-lint --offline --profile production roles playbooks extensions
 ecosystem_check collection-docs bash tests/ecosystem/reference.sh --check
 ecosystem_check changelog bash tests/ecosystem/changelog.sh
 ecosystem_check execution-environment bash tests/ecosystem/execution_environment.sh
@@ -154,7 +154,7 @@ else
   echo "FAIL lab-up" >> "$results/integration.txt"
 fi
 
-echo "=== benchmark smoke runs (benchmarks/{live_migrate,storage,shaking}_benchmark.py, vcpu_cap_soak.py --quick: they run and write their results)"
+echo "=== benchmark smoke runs (benchmarks/{live_migrate,storage,shaking,recovery}_benchmark.py, vcpu_cap_soak.py --quick: they run and write their results)"
 # Speed is the benchmarks' business, not the tests': this checks they work end to end on the lab.
 bench_dir="$results/benchmark"
 : > "$results/benchmark.txt"
@@ -183,6 +183,8 @@ if pip install -q --disable-pip-version-check -r benchmarks/requirements.txt; th
   # Whether a guest kernel fails is the soak's finding, not a test's; and a machine without the cgroup cpu
   # controller moves the guests uncapped: the smoke asks only that the moves ran.
   bench_smoke vcpu_cap_soak 'r["moves"] and r["summary"]["moves"]' vcpu_cap_soak.md vcpu_cap_soak.png
+  # Every VM of the crashed host runs again (how fast is the benchmark's finding).
+  bench_smoke recovery_benchmark 'r["rows"] and r["summary"]["restarted"] == r["summary"]["vms"]' recovery.md recovery.png
 else
   echo "FAIL benchmark requirements" >> "$results/benchmark.txt"
 fi

@@ -16,14 +16,20 @@
     strata-lab guest check-disk NAME       the guest's disk workload read back every block intact
     strata-lab guest check-image NAME      every block the workload wrote to its shared disk image is intact
                                            (the guest not running: after a host crash)
+    strata-lab guest crash NAME            SIGKILL its QEMU, as a crash would
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
-    strata-lab host add hv4 [--stack trixie]    add one host to a running lab (the others keep running)
+    strata-lab host add hv4 [--stack trixie] [--leases]
+                                           add one host to a running lab (the others keep running); with
+                                           --leases it holds disk leases (libvirt's lockd, its own virtlockd)
     strata-lab host set-stack hv2 trixie   restart an empty host on another stack, as an upgrade would
     strata-lab host remove hv4             stop it and take it out of the lab (it must run no guest)
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
-    strata-lab host crash hv2              SIGKILL its libvirtd, sshd and every guest QEMU at once (power loss)
+    strata-lab host crash hv2              SIGKILL its libvirtd, sshd, virtlockd and every guest QEMU at once
+                                           (a power loss)
+    strata-lab host isolate hv2            SIGSTOP its libvirtd, sshd and virtlockd: cut off, guests running
+    strata-lab host reconnect hv2          let it go on
     strata-lab host start hv2              restart a killed or crashed host, taking back its running guests
     strata-lab host sshd-stop hv2          SIGSTOP the host's sshd: new ssh connections hang
     strata-lab host sshd-cont hv2          let it go on
@@ -147,13 +153,14 @@ def _recorded_stacks(lab_dir: Path) -> dict[str, str]:
 
 
 def _host_spec(lab_dir: Path, cache_dir: Path, index: int, capacity_mib: int, stack_name: str,
-               legacy: bool = False) -> HostSpec:
+               legacy: bool = False, leases: bool = False) -> HostSpec:
     """Host hvINDEX on the named stack; a stack other than the stock one is restored from the cache first."""
     root = stack.ensure_stack(cache_dir, lab_dir, stack_name) if stack_name != stack.STOCK else None
     return make_host_spec(
         lab_dir, index, capacity_mib, legacy=legacy, stack=stack_name, stack_root=str(root.root) if root else "",
         # A chrooted host sees the lab's and the cache's folders at the same paths: guests' XML names them.
         shared_paths=(str(lab_dir.absolute()), str(cache_dir.absolute())) if root else (),
+        leases=leases,
     )
 
 
@@ -301,8 +308,13 @@ def cmd_host_add(args: argparse.Namespace) -> None:
     name = args.name
     if not re.fullmatch(r"hv[1-8]", name):
         raise LabError(f"host name {name!r}: expected one of hv1..hv8")
+    if args.leases and args.stack != stack.STOCK:
+        raise LabError(f"--leases needs the stock stack: the {args.stack} root has no virtlockd")
     existing = next((h for h in state.hosts if h.name == name), None)
     if existing is not None:
+        if existing.leases != args.leases:
+            raise LabError(f"{name} already runs {'with' if existing.leases else 'without'} leases: "
+                           f"`host remove {name}` first")
         if existing.stack != args.stack:
             raise LabError(f"{name} already runs the {existing.stack} stack: `host set-stack {name} {args.stack}` "
                            "changes it")
@@ -313,7 +325,7 @@ def cmd_host_add(args: argparse.Namespace) -> None:
                           "changed": changed}))
         return
     host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), int(name[2:]),
-                      state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack)
+                      state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack, leases=args.leases)
     orphans = hosts.orphaned_guests(host)  # guests of a host removed while its libvirtd was gone
     _refuse_orphaning(host, orphans)
     state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
@@ -376,6 +388,9 @@ def cmd_host(args: argparse.Namespace) -> None:
     if args.host_command == "crash":
         print(json.dumps(hosts.crash_host(host)))
         return
+    if args.host_command in ("isolate", "reconnect"):
+        print(json.dumps(hosts.isolate_host(host, signal.SIGSTOP if args.host_command == "isolate" else signal.SIGCONT)))
+        return
     if args.host_command == "fill-pool":
         print(json.dumps(hosts.fill_pool(host, args.leave_mib)))
         return
@@ -421,6 +436,8 @@ def cmd_guest(args: argparse.Namespace) -> None:
         print(json.dumps(report))
         if not report["intact"]:
             raise LabError(f"guest {args.name}: {report['disk_errors']} disk error(s): {report['error_lines'][:3]}")
+    elif args.guest_command == "crash":
+        print(json.dumps(guests.crash_guest(state, args.name)))
     elif args.guest_command == "check-image":
         report = guests.check_image(state, args.name)
         print(json.dumps(report))
@@ -516,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_disk.add_argument("name")
     check_disk.add_argument("--timeout-s", type=float, default=30)
+    guest_sub.add_parser("crash", help="SIGKILL the guest's QEMU, as a crash would").add_argument("name")
     guest_sub.add_parser(
         "check-image", help="read a stopped guest's shared disk image; exit 1 on a torn or corrupted block"
     ).add_argument("name")
@@ -535,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = host_sub.add_parser("add", help="add one host (hv1..hv8) to a running lab")
     add.add_argument("name")
     add.add_argument("--stack", default=stack.STOCK, choices=stack.known_stacks())
+    add.add_argument("--leases", action="store_true",
+                     help="disk leases: libvirt's lockd with a virtlockd of the host's own (stock stack only)")
     add.set_defaults(func=cmd_host_add)
     set_stack = host_sub.add_parser(
         "set-stack", help="restart an empty host on another stack, as an upgrade would (its definitions stay)"
@@ -551,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     host_sub.add_parser(
         "crash", help="SIGKILL the host's libvirtd, sshd and guests' QEMU at once, as a power loss"
     ).add_argument("name")
+    host_sub.add_parser(
+        "isolate", help="SIGSTOP the host's libvirtd, sshd and virtlockd: cut off, its guests and leases stay"
+    ).add_argument("name")
+    host_sub.add_parser("reconnect", help="continue an isolated host").add_argument("name")
     host_sub.add_parser(
         "start", help="start a killed or crashed host again; it reconnects to its running guests (no-op when it is up)"
     ).add_argument("name")

@@ -53,6 +53,10 @@ class HostSpec:
     stack_root: str = ""
     # The folders domain XML and the lab's certificates name; a chrooted host sees them at the same paths.
     shared_paths: tuple = ()
+    # Disk leases: libvirt's lockd lock manager with a virtlockd of the host's own, the lease files in
+    # the lab's lease folder every host sees (as a lockspace on shared storage), so two hosts can never
+    # run a guest on the same disk (stock stack only).
+    leases: bool = False
 
     @property
     def uri(self) -> str:
@@ -61,6 +65,15 @@ class HostSpec:
     @property
     def pid_file(self) -> Path:
         return Path(self.root) / "libvirtd.pid"
+
+    @property
+    def virtlockd_pid_file(self) -> Path:
+        return Path(self.root) / "virtlockd.pid"
+
+    @property
+    def lease_dir(self) -> Path:
+        """The lockspace every lab host with leases shares: <lab>/leases."""
+        return Path(self.root).parent.parent / "leases"
 
     @property
     def etc_hosts(self) -> Path:
@@ -78,7 +91,8 @@ LEGACY_CPU_MODELS = ("Westmere", "Westmere-IBRS")
 
 
 def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: bool = False,
-                   stack: str = "stock", stack_root: str = "", shared_paths: tuple = ()) -> HostSpec:
+                   stack: str = "stock", stack_root: str = "", shared_paths: tuple = (),
+                   leases: bool = False) -> HostSpec:
     name = f"hv{index}"
     port_min = _MIGRATION_PORT_BASE + index * _MIGRATION_PORTS_PER_HOST
     return HostSpec(
@@ -94,6 +108,7 @@ def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: 
         stack=stack,
         stack_root=stack_root,
         shared_paths=shared_paths,
+        leases=leases,
     )
 
 

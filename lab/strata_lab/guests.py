@@ -1,7 +1,9 @@
 """Lab guests: small busybox initramfs VMs running a memory workload."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import tempfile
 import time
@@ -302,6 +304,20 @@ def check_image(state: LabState, name: str, timeout_s: float = 60) -> dict:
             bad.append(index)
     return {"name": name, "image": str(images[0]), "blocks_written": written, "boots": len(boots),
             "bad_blocks": bad[:20], "intact": written > 0 and not bad}
+
+
+def crash_guest(state: LabState, name: str) -> dict:
+    """SIGKILL the QEMU of a running guest, as a QEMU crash would; its libvirtd sees it fail."""
+    for host in state.hosts:
+        pid_file = host.private_dir("run") / "qemu" / f"{name}.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if b"qemu-system" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+            return {"name": name, "host": host.name, "killed_pid": pid, "changed": True}
+    raise LabError(f"guest {name} runs on no lab host")
 
 
 def find_guest(state: LabState, name: str) -> list[str]:

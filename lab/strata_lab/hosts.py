@@ -67,9 +67,21 @@ def render_qemu_conf(host: HostSpec) -> str:
             # Only the cpu controller (vcpu_quota), and only where each host has a cgroup of its own.
             "cgroup_controllers = [ %s ]" % ('"cpu"' if cpu_cgroup(host) else ""),
             *transports.qemu_tls_settings(host),
+            *(['lock_manager = "lockd"'] if host.leases else []),
             "",
         ]
     )
+
+
+def render_lockd_conf(host: HostSpec) -> str:
+    """Leases on every file and block disk, held in lease files in the shared lockspace (by the disk's path)."""
+    return "\n".join([
+        "# Written by strata-lab.",
+        "auto_disk_leases = 1",
+        "require_lease_for_disks = 1",
+        f'file_lockspace_dir = "{host.lease_dir}"',
+        "",
+    ])
 
 
 def cpu_hierarchy() -> tuple[Path, str] | None:
@@ -119,6 +131,8 @@ def _remove_empty_cgroup(path: Path) -> None:
 
 # Runtime state a restarted libvirtd needs to take back the guests and networks still running.
 KEPT_RUNTIME_DIRS = ("qemu", "network")
+# virtlockd outlives a killed libvirtd, holding the leases of the guests still running: its sockets stay.
+KEPT_VIRTLOCKD_SOCKETS = ("virtlockd-sock", "virtlockd-admin-sock")
 
 
 def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
@@ -132,11 +146,16 @@ def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
     etc = host.private_dir("etc")
     write_if_changed(etc / "libvirtd.conf", render_libvirtd_conf(host))
     write_if_changed(etc / "qemu.conf", render_qemu_conf(host))
+    if host.leases:
+        write_if_changed(etc / "qemu-lockd.conf", render_lockd_conf(host))
+        host.lease_dir.mkdir(parents=True, exist_ok=True)
     write_if_changed(host.etc_hosts, f"127.0.0.1 localhost\n{host.address} {host.name}\n")
     # Stale sockets and pid files of a killed run would make libvirtd refuse to start.
     run = host.private_dir("run")
     for entry in run.iterdir():
         if keep_running and entry.name in KEPT_RUNTIME_DIRS:
+            continue
+        if entry.name in KEPT_VIRTLOCKD_SOCKETS and virtlockd_pids(host):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -288,9 +307,16 @@ def _start_script(host: HostSpec) -> str:
         f"if mountpoint -q {UNIFIED_CGROUP_MOUNT}; then umount {UNIFIED_CGROUP_MOUNT}; fi; "
         if hierarchy else ""
     )
+    # libvirtd reaches virtlockd by its socket in the host's private /run/libvirt: one per host, started
+    # first. One that outlived a killed libvirtd still holds the running guests' leases: it stays.
+    virtlockd = (
+        f"if ! kill -0 \"$(cat {host.virtlockd_pid_file} 2>/dev/null)\" 2>/dev/null; then "
+        f"virtlockd --daemon --pid-file {host.virtlockd_pid_file}; fi; "
+        if host.leases else ""
+    )
     return (
         f"set -e; {placement}{mounts}; hostname {host.name}; "
-        f"{transports.sshd_start_command(host)}; exec {libvirtd}"
+        f"{transports.sshd_start_command(host)}; {virtlockd}exec {libvirtd}"
     )
 
 
@@ -431,6 +457,13 @@ def libvirtd_pids(host: HostSpec, processes: list[tuple[int, list[str]]] | None 
             if argv and argv[0].endswith("libvirtd") and marker in argv]
 
 
+def virtlockd_pids(host: HostSpec, processes: list[tuple[int, list[str]]] | None = None) -> list[int]:
+    """The host's virtlockd, found by its pid-file argument."""
+    marker = str(host.virtlockd_pid_file)
+    return [pid for pid, argv in (processes if processes is not None else _processes())
+            if argv and argv[0].endswith("virtlockd") and marker in argv]
+
+
 def lab_qemu_pids(lab_paths: list[str]) -> list[int]:
     """QEMU processes started for lab guests: their command line names a lab path."""
     return [
@@ -487,7 +520,8 @@ def stop_host(host: HostSpec) -> None:
         # Active networks outlive libvirtd; their bridges would stay on the machine.
         for network in virsh(host.uri, "net-list", "--name", check=False).split():
             virsh(host.uri, "net-destroy", network, check=False)
-    _kill_tree(pids + transports.sshd_pids(host, _processes()))
+    # virtlockd after its guests are gone: it releases their leases as it ends.
+    _kill_tree(pids + transports.sshd_pids(host, _processes()) + virtlockd_pids(host))
     remove_stale_bridges(host)
     remove_cpu_cgroup(host)
     host.pid_file.unlink(missing_ok=True)
@@ -505,12 +539,12 @@ def kill_host(host: HostSpec) -> list[int]:
 
 
 def crash_host(host: HostSpec) -> dict:
-    """SIGKILL the host's libvirtd, sshd and every guest QEMU at once, as a power loss would.
+    """SIGKILL the host's libvirtd, sshd, virtlockd and every guest QEMU at once, as a power loss would.
 
     Definitions and disks stay; `start_host(keep_running=True)` brings the host back with its guests shut off.
     """
     processes = _processes()
-    daemons = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes)
+    daemons = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes) + virtlockd_pids(host, processes)
     guests = guest_qemu_pids(host)
     for pid in daemons + guests:
         _signal(pid, signal.SIGKILL)
@@ -519,6 +553,16 @@ def crash_host(host: HostSpec) -> dict:
         time.sleep(0.1)
     return {"host": host.name, "killed_daemon_pids": daemons, "killed_guest_pids": guests,
             "changed": bool(daemons or guests)}
+
+
+def isolate_host(host: HostSpec, sig: int) -> dict:
+    """SIGSTOP (or SIGCONT) the host's libvirtd, sshd and virtlockd: cut off from the cluster, its guests keep
+    running and its virtlockd keeps holding their leases, as on a host whose management network failed."""
+    processes = _processes()
+    pids = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes) + virtlockd_pids(host, processes)
+    for pid in pids:
+        _signal(pid, sig)
+    return {"host": host.name, "pids": pids, "changed": bool(pids)}
 
 
 def signal_sshd(host: HostSpec, sig: int) -> list[int]:

@@ -22,8 +22,10 @@ LAB_PACKAGES = (
     # The lab's storage server: network disks (NBD) every host reaches.
     "nbdkit",
 )
-# Needed to build libvirt-python into the virtualenv, and by the sanity tests.
-BUILD_PACKAGES = ("libvirt-dev", "pkg-config", "python3-dev", "python3-venv", "git", "make", "shellcheck")
+# Needed to build libvirt-python into the virtualenv, by the sanity tests, and by ansible-rulebook (Java 17
+# or later: Debian 12's default is 17, Debian 13's 21).
+BUILD_PACKAGES = ("libvirt-dev", "pkg-config", "python3-dev", "python3-venv", "git", "make", "shellcheck",
+                  "default-jre-headless")
 
 
 def missing_packages(names: tuple[str, ...]) -> list[str]:

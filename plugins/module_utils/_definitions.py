@@ -275,6 +275,9 @@ def _planner_vm(definition: Definition, host: str) -> t.Dict[str, t.Any]:
 
 
 STATE_RUNNING = 1  # VIR_DOMAIN_RUNNING
+# How a start refused because another process holds the disk reads: libvirt's lockd ("resource busy:
+# Lockspace resource '...' is locked"), sanlock, or QEMU's image locking ('Failed to get "write" lock').
+DISK_HELD_SIGNS = ("is locked", "resource busy", "Resource busy", 'Failed to get "write" lock')
 
 
 def _lookup(conn: t.Any, lookup: t.Callable[[str], t.Any], key: str) -> t.Optional[t.Any]:
@@ -289,7 +292,7 @@ def _lookup(conn: t.Any, lookup: t.Callable[[str], t.Any], key: str) -> t.Option
 def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: bool) -> t.Dict[str, t.Any]:
     """Define the VM from its backed-up definition on the connected host and start it; nothing when it runs there.
 
-    A copy that will not start (its disk lease is held, a disk is missing) is
+    A copy that will not start (its disk is locked, a disk is missing) is
     undefined again when this call defined it, so the VM stays defined on no
     more hosts than before.
     """
@@ -319,9 +322,10 @@ def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: boo
                 dom.undefine()
             except LibvirtError:
                 pass  # the message below says where it was defined
-        if "is locked" in cause or "resource busy" in cause.lower():
-            raise BackupError("cannot start %s on %s: its disk lease is held, so a copy of it still runs (probably "
-                              "on the host that seems failed). Nothing was started%s. Fence that host, then rerun"
+        if any(sign in cause for sign in DISK_HELD_SIGNS):
+            raise BackupError("cannot start %s on %s: its disk is locked (a disk lease, or QEMU's own image lock), so "
+                              "a copy of it still runs, probably on the host that seems failed. Nothing was "
+                              "started%s. Fence that host, then rerun"
                               % (definition.name, host, "" if existing is not None else " and the definition was "
                                  "removed again"), host=host) from None
         raise BackupError("cannot start %s on %s: %s. Nothing was started%s" % (

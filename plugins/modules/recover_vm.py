@@ -13,7 +13,7 @@ description:
   - Defines the VM O(name) on the host of O(uri) from the definition M(strata.migration.definitions_backup) kept of
     it on O(failed_host), with the same UUID, devices and autostart setting, and starts it.
   - Nothing changes when the VM already runs on that host (a rerun); a VM defined there but stopped is started.
-  - A copy that does not start (its disk lease is held because the VM still runs elsewhere, a disk is missing) is
+  - A copy that does not start (its disk is locked because the VM still runs elsewhere, a disk is missing) is
     undefined again, so the VM is never left defined on more hosts than before.
   - This module does not check that O(failed_host) is down. Restarting the VM of a host that still runs it starts a
     second copy on the same disks, unless the hosts hold disk leases. Use the P(strata.migration.recover#role) role,

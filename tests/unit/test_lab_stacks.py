@@ -198,3 +198,18 @@ def test_without_cgroup_v1_the_lab_runs_without_cgroups(monkeypatch, tmp_path):
     assert lab_hosts._start_command(host)[:6] == ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
     assert "strata-lab-cpu" not in lab_hosts._start_script(host)
     assert "cgroup_controllers = [  ]" in lab_hosts.render_qemu_conf(host)
+
+
+def test_a_host_with_leases_runs_its_own_virtlockd_first_with_the_lockspace_every_host_shares(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab_hosts, "cpu_hierarchy", lambda: None)
+    root = tmp_path / "hosts" / "hv1"
+    host = dataclasses.replace(lab_host(root), leases=True)
+    script = lab_hosts._start_script(host)
+    assert f"virtlockd --daemon --pid-file {root}/virtlockd.pid" in script
+    assert script.index("virtlockd --daemon") < script.index("exec libvirtd")
+    assert 'lock_manager = "lockd"' in lab_hosts.render_qemu_conf(host)
+    lockd = lab_hosts.render_lockd_conf(host)
+    assert f'file_lockspace_dir = "{tmp_path}/leases"' in lockd and "auto_disk_leases = 1" in lockd
+    plain = lab_host(root)
+    assert "virtlockd" not in lab_hosts._start_script(plain)
+    assert "lock_manager" not in lab_hosts.render_qemu_conf(plain)

@@ -194,9 +194,15 @@ def test_a_restart_where_the_vm_runs_changes_nothing_and_check_mode_defines_noth
 def test_a_copy_that_cannot_start_because_its_lease_is_held_is_undefined_again():
     conn = FakeConn(start_error=FakeLibvirtError(
         "resource busy: Lockspace resource '/var/lib/strata-lab/shared/web.qcow2' is locked", 87))
-    with pytest.raises(BackupError, match="disk lease is held.*definition was removed again. Fence that host"):
+    with pytest.raises(BackupError, match="disk is locked.*definition was removed again. Fence that host"):
         restart_here(conn, definition("web"), "hv3", check_mode=False)
     assert conn.defined[0].undefined and not conn.defined[0].active
+    # QEMU's own image lock, the guard where the lease comes later (a domain starts paused, leases are taken
+    # when its CPUs start).
+    conn = FakeConn(start_error=FakeLibvirtError(
+        'internal error: process exited while connecting to monitor: Failed to get "write" lock', 1))
+    with pytest.raises(BackupError, match="disk is locked"):
+        restart_here(conn, definition("web"), "hv3", check_mode=False)
 
 
 def test_a_stopped_copy_already_defined_is_started_and_kept_defined_when_it_fails():
