@@ -217,3 +217,14 @@ def test_another_vm_of_the_same_name_is_never_replaced():
     with pytest.raises(BackupError, match="already has another VM named web .UUID uuid-other"):
         restart_here(conn, definition("web"), "hv3", check_mode=False)
     assert conn.defined == []
+
+
+def test_recovery_input_gives_the_planner_the_failed_hosts_and_the_priorities_the_operator_set():
+    from ansible_collections.strata.migration.plugins.module_utils._definitions import recovery_input
+
+    backup = backup_of(("hv2", T0, [definition("web", memory_kib=524288, vcpus=2), definition("db")]))
+    found = recovery_input(backup, ["hv2"], {"definitions": {}, "where": {}}, {"db": 9})
+    assert found["hosts"] == [{"name": "hv2", "memory_capacity_mib": 768, "cpus": 3, "excluded": True}]
+    assert {vm["name"]: vm["restart_priority"] for vm in found["vms"]} == {"db": 9, "web": 0}
+    with pytest.raises(BackupError, match="not a definitions backup"):
+        recovery_input({"hosts": {}}, ["hv2"], {"definitions": {}, "where": {}})
