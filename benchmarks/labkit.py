@@ -128,18 +128,25 @@ def host_uri(name: str) -> str:
     raise SystemExit("lab host %s is not in `strata-lab status`; run `lab/strata-lab up`" % name)
 
 
-def use_collection() -> None:
-    """Make `ansible_collections.strata.migration` importable from this checkout, staged or not.
+_COLLECTION_ROOT: t.List[str] = []
 
-    A temporary ansible_collections/strata/migration symlink to the checkout
-    gives Python the package path the collection's imports use.
+
+def use_collection() -> str:
+    """Make `ansible_collections.strata.migration` importable from this checkout, staged or not; return the
+    folder holding that ansible_collections tree (for ANSIBLE_COLLECTIONS_PATH of a child process).
+
+    A temporary ansible_collections/strata/migration symlink to the checkout, made
+    once per process, gives Python the package path the collection's imports use.
     """
-    root = tempfile.mkdtemp(prefix="strata-bench-")
-    atexit.register(shutil.rmtree, root, True)
-    link = os.path.join(root, "ansible_collections", "strata", "migration")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(REPO_ROOT, link)
-    sys.path.insert(0, root)
+    if not _COLLECTION_ROOT:
+        root = tempfile.mkdtemp(prefix="strata-bench-")
+        atexit.register(shutil.rmtree, root, True)
+        link = os.path.join(root, "ansible_collections", "strata", "migration")
+        os.makedirs(os.path.dirname(link))
+        os.symlink(REPO_ROOT, link)
+        sys.path.insert(0, root)
+        _COLLECTION_ROOT.append(root)
+    return _COLLECTION_ROOT[0]
 
 
 def environment(src_uri: str, dst_uri: str) -> t.Dict[str, t.Any]:

@@ -99,15 +99,6 @@ def back_up(hosts: t.Sequence[t.Mapping[str, t.Any]], path: Path) -> None:
     collection_back_up([ClusterHost(name=host["name"], uri=host["uri"]) for host in hosts], str(path), 10)
 
 
-def collection_root() -> str:
-    """A folder whose ansible_collections/strata/migration is this checkout, for ansible-rulebook and its playbook."""
-    root = tempfile.mkdtemp(prefix="strata-bench-collections-")
-    link = os.path.join(root, "ansible_collections", "strata", "migration")
-    os.makedirs(os.path.dirname(link))
-    os.symlink(labkit.REPO_ROOT, link)
-    return root
-
-
 def start_rulebook(work: Path, inventory: Path, collections: str) -> subprocess.Popen:
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections,
@@ -329,16 +320,12 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     failed = next((host for host in hosts if host["name"] == args.failed_host), None)
     if failed is None or len(hosts) < 2:
         raise SystemExit("the lab needs host %s and at least one other: lab/strata-lab up --hosts 3" % args.failed_host)
-    labkit.use_collection()
+    collections = labkit.use_collection()
     survivor = next(host for host in hosts if host["name"] != args.failed_host)
     env = labkit.environment(failed["uri"], survivor["uri"])
-    collections = collection_root()
     rows: t.List[t.Dict[str, t.Any]] = []
-    try:
-        for run in range(1, runs + 1):
-            rows += one_run(run, vms, failed, hosts, collections)
-    finally:
-        shutil.rmtree(collections, ignore_errors=True)
+    for run in range(1, runs + 1):
+        rows += one_run(run, vms, failed, hosts, collections)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = out_dir / "recovery.png"
     plot_timeline(rows, figure)

@@ -12,7 +12,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .config import HostSpec, LabError, LabState
-from .hosts import define_from_xml, run_in_host, virsh
+from .hosts import define_from_xml, guest_qemu_pid, run_in_host, virsh
 from .storage import create_nbd_image, delete_nbd_image, nbd_dir, nbd_disk_xml
 
 FILL_TIMEOUT_S = 600
@@ -309,12 +309,8 @@ def check_image(state: LabState, name: str, timeout_s: float = 60) -> dict:
 def crash_guest(state: LabState, name: str) -> dict:
     """SIGKILL the QEMU of a running guest, as a QEMU crash would; its libvirtd sees it fail."""
     for host in state.hosts:
-        pid_file = host.private_dir("run") / "qemu" / f"{name}.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if b"qemu-system" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+        pid = guest_qemu_pid(host, name)
+        if pid is not None:
             os.kill(pid, signal.SIGKILL)
             return {"name": name, "host": host.name, "killed_pid": pid, "changed": True}
     raise LabError(f"guest {name} runs on no lab host")

@@ -489,16 +489,22 @@ def _processes() -> list[tuple[int, list[str]]]:
 def guest_qemu_pids(host: HostSpec) -> list[int]:
     """The QEMU processes of the host's running guests, from the pid files libvirtd keeps in the host's
     private run folder: they are there whether or not that libvirtd still runs."""
-    pids = []
-    for pid_file in (host.private_dir("run") / "qemu").glob("*.pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-        except (OSError, ValueError):  # libvirtd's own pid file, or a guest gone meanwhile
-            continue
-        if b"qemu-system" in command:
-            pids.append(pid)
-    return sorted(pids)
+    pids = (_qemu_pid(pid_file) for pid_file in (host.private_dir("run") / "qemu").glob("*.pid"))
+    return sorted(pid for pid in pids if pid is not None)
+
+
+def guest_qemu_pid(host: HostSpec, name: str) -> int | None:
+    """The QEMU pid of the host's guest `name`, None when it does not run there."""
+    return _qemu_pid(host.private_dir("run") / "qemu" / f"{name}.pid")
+
+
+def _qemu_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except (OSError, ValueError):  # libvirtd's own pid file, or a guest gone meanwhile
+        return None
+    return pid if b"qemu-system" in command else None
 
 
 def orphaned_guests(host: HostSpec) -> list[int]:
@@ -530,12 +536,17 @@ def stop_host(host: HostSpec) -> None:
 def kill_host(host: HostSpec) -> list[int]:
     """SIGKILL the host's libvirtd, as a crash would; its guests' QEMU processes keep running."""
     pids = libvirtd_pids(host)
+    _kill_now(pids)
+    return pids
+
+
+def _kill_now(pids: list[int]) -> None:
+    """SIGKILL every one at once and wait (bounded) until they are gone."""
     for pid in pids:
         _signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
-    return pids
 
 
 def crash_host(host: HostSpec) -> dict:
@@ -543,23 +554,23 @@ def crash_host(host: HostSpec) -> dict:
 
     Definitions and disks stay; `start_host(keep_running=True)` brings the host back with its guests shut off.
     """
-    processes = _processes()
-    daemons = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes) + virtlockd_pids(host, processes)
+    daemons = _daemon_pids(host)
     guests = guest_qemu_pids(host)
-    for pid in daemons + guests:
-        _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_alive(pid) for pid in daemons + guests):
-        time.sleep(0.1)
+    _kill_now(daemons + guests)
     return {"host": host.name, "killed_daemon_pids": daemons, "killed_guest_pids": guests,
             "changed": bool(daemons or guests)}
+
+
+def _daemon_pids(host: HostSpec) -> list[int]:
+    """The host's libvirtd, sshd and virtlockd: what a power loss kills and a cut-off stops."""
+    processes = _processes()
+    return libvirtd_pids(host, processes) + transports.sshd_pids(host, processes) + virtlockd_pids(host, processes)
 
 
 def isolate_host(host: HostSpec, sig: int) -> dict:
     """SIGSTOP (or SIGCONT) the host's libvirtd, sshd and virtlockd: cut off from the cluster, its guests keep
     running and its virtlockd keeps holding their leases, as on a host whose management network failed."""
-    processes = _processes()
-    pids = libvirtd_pids(host, processes) + transports.sshd_pids(host, processes) + virtlockd_pids(host, processes)
+    pids = _daemon_pids(host)
     for pid in pids:
         _signal(pid, sig)
     return {"host": host.name, "pids": pids, "changed": bool(pids)}

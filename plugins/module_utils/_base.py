@@ -22,7 +22,6 @@ from ansible_collections.strata.migration.plugins.module_utils._cluster import (
     cluster_hosts,
     host_uri_secrets,
 )
-
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,

@@ -467,11 +467,11 @@ def _read_host(conn: t.Any, name: str) -> _Gathered:
     )
 
 
-def error_cause(exc: BaseException) -> str:
+def _cause(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, StrataError) else describe_libvirt_error(exc)
 
 
-def connect_all(clients: t.Sequence[LibvirtClient]) -> t.List[t.Optional[BaseException]]:
+def _connect_all(clients: t.Sequence[LibvirtClient]) -> t.List[t.Optional[BaseException]]:
     """Open every connection at once, so unreachable hosts cost one timeout, not one each."""
 
     def attempt(client: LibvirtClient) -> t.Optional[BaseException]:
@@ -483,6 +483,40 @@ def connect_all(clients: t.Sequence[LibvirtClient]) -> t.List[t.Optional[BaseExc
 
     with ThreadPoolExecutor(max_workers=len(clients)) as pool:
         return list(pool.map(attempt, clients))
+
+
+Reading = t.TypeVar("Reading")
+
+
+def read_each(
+    specs: t.Sequence[ClusterHost],
+    clients: t.Sequence[LibvirtClient],
+    read: t.Callable[[LibvirtClient, ClusterHost], Reading],
+    required: bool,
+) -> t.Tuple[t.List[t.Tuple[ClusterHost, LibvirtClient, Reading]], t.List[UnreachableHost]]:
+    """Connect to every host at once and read each one that answers: (the readings, the hosts left out).
+
+    A host that cannot be connected to or read fails with ClusterError when `required`,
+    and is otherwise left out with the reason. The caller closes the clients.
+    """
+    readings: t.List[t.Tuple[ClusterHost, LibvirtClient, Reading]] = []
+    unreachable: t.List[UnreachableHost] = []
+    for spec, client, error in zip(specs, clients, _connect_all(clients)):
+        if error is None:
+            try:
+                readings.append((spec, client, read(client, spec)))
+                continue
+            except (StrataError, LibvirtError) as exc:
+                error = exc
+        if required:
+            raise ClusterError(
+                "cannot read host '%s' (%s): %s; fix the host or its uri, or set required to false to leave "
+                "it out" % (spec.name, spec.display_uri, _cause(error)),
+                host=spec.name,
+                uri=spec.display_uri,
+            ) from error
+        unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=_cause(error)))
+    return readings, unreachable
 
 
 def gather_cluster(
@@ -500,24 +534,8 @@ def gather_cluster(
     """
     clients = [LibvirtClient(spec.uri, connect_timeout_s, opener=opener) for spec in specs]
     try:
-        errors = connect_all(clients)
-        gathered: t.List[t.Tuple[ClusterHost, LibvirtClient, _Gathered]] = []
-        unreachable: t.List[UnreachableHost] = []
-        for spec, client, error in zip(specs, clients, errors):
-            if error is None:
-                try:
-                    gathered.append((spec, client, _read_host(client.conn, spec.name)))
-                    continue
-                except (StrataError, LibvirtError) as exc:
-                    error = exc
-            if required:
-                raise ClusterError(
-                    "cannot read host '%s' (%s): %s; fix the host or its uri, or set required to false to leave "
-                    "it out" % (spec.name, spec.display_uri, error_cause(error)),
-                    host=spec.name,
-                    uri=spec.display_uri,
-                ) from error
-            unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=error_cause(error)))
+        gathered, unreachable = read_each(
+            specs, clients, lambda client, spec: _read_host(client.conn, spec.name), required=required)
         _find_local_disks(gathered)
         return build_report(specs, [item.reading for _spec, _client, item in gathered], unreachable, copy_storage)
     finally:

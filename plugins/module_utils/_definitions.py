@@ -29,10 +29,8 @@ import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._cluster import (
     ClusterHost,
-    UnreachableHost,
-    connect_all,
-    error_cause,
     parse_migration_metadata,
+    read_each,
 )
 from ansible_collections.strata.migration.plugins.module_utils._inventory import kib_to_mib, parse_domain_xml
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
@@ -40,6 +38,8 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtError,
     StrataError,
+    find_domain,
+    find_domain_by_uuid,
     libvirt_error_code,
 )
 from ansible_collections.strata.migration.plugins.module_utils._manifest import utc_now, write_private_file
@@ -170,24 +170,18 @@ def back_up(
     """
     backup = load_backup(path)
     changed_hosts: t.List[str] = []
-    unreachable: t.List[UnreachableHost] = []
     clients = [LibvirtClient(spec.uri, connect_timeout_s, opener=opener) for spec in specs]
     try:
-        now = clock()
-        for spec, client, error in zip(specs, clients, connect_all(clients)):
-            if error is None:
-                try:
-                    backup, changed = with_reading(backup, spec.name, read_definitions(client.conn), now)
-                except (StrataError, LibvirtError) as exc:
-                    error = exc
-                else:
-                    if changed:
-                        changed_hosts.append(spec.name)
-                    continue
-            unreachable.append(UnreachableHost(name=spec.name, uri=spec.display_uri, reason=error_cause(error)))
+        readings, unreachable = read_each(specs, clients, lambda client, _spec: read_definitions(client.conn),
+                                          required=False)
     finally:
         for client in clients:
             client.close()
+    now = clock()
+    for spec, _client, definitions in readings:
+        backup, changed = with_reading(backup, spec.name, definitions, now)
+        if changed:
+            changed_hosts.append(spec.name)
     if changed_hosts and not check_mode:
         save_backup(path, backup)
     entries = backup["hosts"]
@@ -277,16 +271,7 @@ def _planner_vm(definition: Definition, host: str) -> t.Dict[str, t.Any]:
 STATE_RUNNING = 1  # VIR_DOMAIN_RUNNING
 # How a start refused because another process holds the disk reads: libvirt's lockd ("resource busy:
 # Lockspace resource '...' is locked"), sanlock, or QEMU's image locking ('Failed to get "write" lock').
-DISK_HELD_SIGNS = ("is locked", "resource busy", "Resource busy", 'Failed to get "write" lock')
-
-
-def _lookup(conn: t.Any, lookup: t.Callable[[str], t.Any], key: str) -> t.Optional[t.Any]:
-    try:
-        return lookup(key)
-    except LibvirtError as exc:
-        if libvirt_error_code(exc) == ERR_NO_DOMAIN:
-            return None
-        raise
+DISK_HELD_SIGNS = ("is locked", "resource busy", 'failed to get "write" lock')
 
 
 def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: bool) -> t.Dict[str, t.Any]:
@@ -296,9 +281,9 @@ def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: boo
     undefined again when this call defined it, so the VM stays defined on no
     more hosts than before.
     """
-    existing = _lookup(conn, conn.lookupByUUIDString, definition.uuid)
+    existing = find_domain_by_uuid(conn, definition.uuid)
     if existing is None:
-        namesake = _lookup(conn, conn.lookupByName, definition.name)
+        namesake = find_domain(conn, definition.name)
         if namesake is not None:
             raise BackupError("host %s already has another VM named %s (UUID %s, not %s): restarting would replace "
                               "it; rename one of them first" % (host, definition.name, namesake.UUIDString(),
@@ -322,7 +307,7 @@ def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: boo
                 dom.undefine()
             except LibvirtError:
                 pass  # the message below says where it was defined
-        if any(sign in cause for sign in DISK_HELD_SIGNS):
+        if any(sign in cause.lower() for sign in DISK_HELD_SIGNS):
             raise BackupError("cannot start %s on %s: its disk is locked (a disk lease, or QEMU's own image lock), so "
                               "a copy of it still runs, probably on the host that seems failed. Nothing was "
                               "started%s. Fence that host, then rerun"
@@ -331,9 +316,10 @@ def restart_here(conn: t.Any, definition: Definition, host: str, check_mode: boo
         raise BackupError("cannot start %s on %s: %s. Nothing was started%s" % (
             definition.name, host, cause, "" if existing is not None else "; the definition was removed again"),
             host=host) from None
-    if dom.state()[0] != STATE_RUNNING:
+    state = dom.state()[0]
+    if state != STATE_RUNNING:
         raise BackupError("%s was started on %s but is not running (state %s); look at its log there"
-                          % (definition.name, host, dom.state()[0]), host=host)
+                          % (definition.name, host, state), host=host)
     return {"changed": True, "msg": "restarted on %s" % host}
 
 
@@ -350,9 +336,10 @@ def recovery_input(
     """
     found = restart_candidates(check_backup(backup, "the definitions backup"), failed_hosts,
                                cluster.get("definitions") or {}, cluster.get("where") or {})
+    priorities = restart_priorities or {}
     for vm in found["vms"]:
-        if vm["name"] in (restart_priorities or {}):
-            vm["restart_priority"] = int((restart_priorities or {})[vm["name"]])
+        if vm["name"] in priorities:
+            vm["restart_priority"] = int(priorities[vm["name"]])
     hosts = []
     for failed in failed_hosts:
         own = [vm for vm in found["vms"] if vm["host"] == failed]
@@ -365,7 +352,7 @@ def recovery_input(
 def remove_stale(conn: t.Any, definition: Definition, host: str, check_mode: bool) -> t.Dict[str, t.Any]:
     """Undefine the VM's stopped copy from the connected host, a failed host that came back after its VMs restarted
     elsewhere; nothing when it has none. A copy that runs there is never touched: the caller must look."""
-    existing = _lookup(conn, conn.lookupByUUIDString, definition.uuid)
+    existing = find_domain_by_uuid(conn, definition.uuid)
     if existing is None:
         return {"changed": False, "msg": "%s has no copy of %s" % (host, definition.name)}
     if existing.isActive():

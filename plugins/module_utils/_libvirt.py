@@ -214,8 +214,17 @@ def is_unsupported(exc: BaseException) -> bool:
 
 def find_domain(conn: t.Any, name: str) -> t.Optional[t.Any]:
     """The domain called `name` on this connection, or None when the host has no such domain."""
+    return _found_or_none(conn.lookupByName, name)
+
+
+def find_domain_by_uuid(conn: t.Any, uuid: str) -> t.Optional[t.Any]:
+    """The domain with this UUID on this connection, or None when the host has no such domain."""
+    return _found_or_none(conn.lookupByUUIDString, uuid)
+
+
+def _found_or_none(lookup: t.Callable[[str], t.Any], key: str) -> t.Optional[t.Any]:
     try:
-        return conn.lookupByName(name)
+        return lookup(key)
     except LibvirtError as exc:
         if libvirt_error_code(exc) != ERR_NO_DOMAIN:
             raise
