@@ -20,9 +20,8 @@
     strata-lab guest delete NAME           destroy and undefine it wherever it is
     strata-lab guest list
     strata-lab network create NAME --host hv1   an isolated network on one host only
-    strata-lab host add hv4 [--stack trixie] [--leases]
-                                           add one host to a running lab (the others keep running); with
-                                           --leases it holds disk leases (libvirt's lockd, its own virtlockd)
+    strata-lab host add hv4 [--stack trixie]
+                                           add one host to a running lab (the others keep running)
     strata-lab host set-stack hv2 trixie   restart an empty host on another stack, as an upgrade would
     strata-lab host remove hv4             stop it and take it out of the lab (it must run no guest)
     strata-lab host kill hv2               SIGKILL one host's libvirtd, as a crash would (guests keep running)
@@ -153,14 +152,13 @@ def _recorded_stacks(lab_dir: Path) -> dict[str, str]:
 
 
 def _host_spec(lab_dir: Path, cache_dir: Path, index: int, capacity_mib: int, stack_name: str,
-               legacy: bool = False, leases: bool = False) -> HostSpec:
+               legacy: bool = False) -> HostSpec:
     """Host hvINDEX on the named stack; a stack other than the stock one is restored from the cache first."""
     root = stack.ensure_stack(cache_dir, lab_dir, stack_name) if stack_name != stack.STOCK else None
     return make_host_spec(
         lab_dir, index, capacity_mib, legacy=legacy, stack=stack_name, stack_root=str(root.root) if root else "",
         # A chrooted host sees the lab's and the cache's folders at the same paths: guests' XML names them.
         shared_paths=(str(lab_dir.absolute()), str(cache_dir.absolute())) if root else (),
-        leases=leases,
     )
 
 
@@ -308,13 +306,8 @@ def cmd_host_add(args: argparse.Namespace) -> None:
     name = args.name
     if not re.fullmatch(r"hv[1-8]", name):
         raise LabError(f"host name {name!r}: expected one of hv1..hv8")
-    if args.leases and args.stack != stack.STOCK:
-        raise LabError(f"--leases needs the stock stack: the {args.stack} root has no virtlockd")
     existing = next((h for h in state.hosts if h.name == name), None)
     if existing is not None:
-        if existing.leases != args.leases:
-            raise LabError(f"{name} already runs {'with' if existing.leases else 'without'} leases: "
-                           f"`host remove {name}` first")
         if existing.stack != args.stack:
             raise LabError(f"{name} already runs the {existing.stack} stack: `host set-stack {name} {args.stack}` "
                            "changes it")
@@ -325,7 +318,8 @@ def cmd_host_add(args: argparse.Namespace) -> None:
                           "changed": changed}))
         return
     host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), int(name[2:]),
-                      state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack, leases=args.leases)
+                      state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack)
+    hosts.forget_operator_settings(host)
     orphans = hosts.orphaned_guests(host)  # guests of a host removed while its libvirtd was gone
     _refuse_orphaning(host, orphans)
     state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
@@ -553,8 +547,6 @@ def build_parser() -> argparse.ArgumentParser:
     add = host_sub.add_parser("add", help="add one host (hv1..hv8) to a running lab")
     add.add_argument("name")
     add.add_argument("--stack", default=stack.STOCK, choices=stack.known_stacks())
-    add.add_argument("--leases", action="store_true",
-                     help="disk leases: libvirt's lockd with a virtlockd of the host's own (stock stack only)")
     add.set_defaults(func=cmd_host_add)
     set_stack = host_sub.add_parser(
         "set-stack", help="restart an empty host on another stack, as an upgrade would (its definitions stay)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_LAB_DIR = Path(os.environ.get("STRATA_LAB_DIR", "/var/lib/strata-lab"))
@@ -53,10 +53,6 @@ class HostSpec:
     stack_root: str = ""
     # The folders domain XML and the lab's certificates name; a chrooted host sees them at the same paths.
     shared_paths: tuple = ()
-    # Disk leases: libvirt's lockd lock manager with a virtlockd of the host's own, the lease files in
-    # the lab's lease folder every host sees (as a lockspace on shared storage), so two hosts can never
-    # run a guest on the same disk (stock stack only).
-    leases: bool = False
 
     @property
     def uri(self) -> str:
@@ -69,11 +65,6 @@ class HostSpec:
     @property
     def virtlockd_pid_file(self) -> Path:
         return Path(self.root) / "virtlockd.pid"
-
-    @property
-    def lease_dir(self) -> Path:
-        """The lockspace every lab host with leases shares: <lab>/leases."""
-        return Path(self.root).parent.parent / "leases"
 
     @property
     def etc_hosts(self) -> Path:
@@ -91,8 +82,7 @@ LEGACY_CPU_MODELS = ("Westmere", "Westmere-IBRS")
 
 
 def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: bool = False,
-                   stack: str = "stock", stack_root: str = "", shared_paths: tuple = (),
-                   leases: bool = False) -> HostSpec:
+                   stack: str = "stock", stack_root: str = "", shared_paths: tuple = ()) -> HostSpec:
     name = f"hv{index}"
     port_min = _MIGRATION_PORT_BASE + index * _MIGRATION_PORTS_PER_HOST
     return HostSpec(
@@ -108,7 +98,6 @@ def make_host_spec(lab_dir: Path, index: int, memory_capacity_mib: int, legacy: 
         stack=stack,
         stack_root=stack_root,
         shared_paths=shared_paths,
-        leases=leases,
     )
 
 
@@ -161,8 +150,9 @@ class LabState:
         if not path.exists():
             raise LabError(f"no lab at {lab_dir}: run `strata-lab up` first")
         data = json.loads(path.read_text())
+        known = {f.name for f in fields(HostSpec)}  # a field of an older lab is dropped
         hosts = [
-            HostSpec(**{**h, "cpu_models_missing": tuple(h.get("cpu_models_missing", ())),
+            HostSpec(**{**{k: v for k, v in h.items() if k in known}, "cpu_models_missing": tuple(h.get("cpu_models_missing", ())),
                         "shared_paths": tuple(h.get("shared_paths", ()))})
             for h in data.pop("hosts")
         ]

@@ -67,21 +67,26 @@ def render_qemu_conf(host: HostSpec) -> str:
             # Only the cpu controller (vcpu_quota), and only where each host has a cgroup of its own.
             "cgroup_controllers = [ %s ]" % ('"cpu"' if cpu_cgroup(host) else ""),
             *transports.qemu_tls_settings(host),
-            *(['lock_manager = "lockd"'] if host.leases else []),
+            # Disk leases are the operator's (strata.migration.hypervisor sets them): kept as found.
+            *([LOCKD_SETTING] if uses_lockd(host) else []),
             "",
         ]
     )
 
 
-def render_lockd_conf(host: HostSpec) -> str:
-    """Leases on every file and block disk, held in lease files in the shared lockspace (by the disk's path)."""
-    return "\n".join([
-        "# Written by strata-lab.",
-        "auto_disk_leases = 1",
-        "require_lease_for_disks = 1",
-        f'file_lockspace_dir = "{host.lease_dir}"',
-        "",
-    ])
+LOCKD_SETTING = 'lock_manager = "lockd"'
+
+
+def uses_lockd(host: HostSpec) -> bool:
+    """Whether the host's own qemu.conf names libvirt's lockd lock manager (then it runs a virtlockd)."""
+    path = host.private_dir("etc") / "qemu.conf"
+    return path.exists() and any(line.split() == LOCKD_SETTING.split() for line in path.read_text().splitlines())
+
+
+def forget_operator_settings(host: HostSpec) -> None:
+    """A host new to the lab starts from the lab's settings alone, not from an earlier host of its name."""
+    for name in ("qemu.conf", "qemu-lockd.conf"):
+        (host.private_dir("etc") / name).unlink(missing_ok=True)
 
 
 def cpu_hierarchy() -> tuple[Path, str] | None:
@@ -145,10 +150,9 @@ def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
         host.private_dir(key).mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("etc")
     write_if_changed(etc / "libvirtd.conf", render_libvirtd_conf(host))
+    if uses_lockd(host) and host.stack_root:
+        raise LabError(f"{host.name}'s qemu.conf names the lockd lock manager: the {host.stack} root has no virtlockd")
     write_if_changed(etc / "qemu.conf", render_qemu_conf(host))
-    if host.leases:
-        write_if_changed(etc / "qemu-lockd.conf", render_lockd_conf(host))
-        host.lease_dir.mkdir(parents=True, exist_ok=True)
     write_if_changed(host.etc_hosts, f"127.0.0.1 localhost\n{host.address} {host.name}\n")
     # Stale sockets and pid files of a killed run would make libvirtd refuse to start.
     run = host.private_dir("run")
@@ -312,7 +316,7 @@ def _start_script(host: HostSpec) -> str:
     virtlockd = (
         f"if ! kill -0 \"$(cat {host.virtlockd_pid_file} 2>/dev/null)\" 2>/dev/null; then "
         f"virtlockd --daemon --pid-file {host.virtlockd_pid_file}; fi; "
-        if host.leases else ""
+        if uses_lockd(host) else ""
     )
     return (
         f"set -e; {placement}{mounts}; hostname {host.name}; "

@@ -73,6 +73,8 @@ def render_sshd_config(state: LabState, host: HostSpec) -> str:
         "UsePAM no",
         "StrictModes no",
         "PrintMotd no",
+        # Ansible copies files to a host over sftp (the hypervisor role's settings).
+        "Subsystem sftp internal-sftp",
         "",
     ]
     return "\n".join(lines)

@@ -200,16 +200,22 @@ def test_without_cgroup_v1_the_lab_runs_without_cgroups(monkeypatch, tmp_path):
     assert "cgroup_controllers = [  ]" in lab_hosts.render_qemu_conf(host)
 
 
-def test_a_host_with_leases_runs_its_own_virtlockd_first_with_the_lockspace_every_host_shares(monkeypatch, tmp_path):
+def test_a_host_whose_qemu_conf_names_lockd_runs_its_own_virtlockd_first_and_keeps_the_setting(monkeypatch, tmp_path):
+    # The operator's lock manager (the hypervisor role writes it into the host's own qemu.conf) survives
+    # the lab's next start; a host new to the lab starts without it.
     monkeypatch.setattr(lab_hosts, "cpu_hierarchy", lambda: None)
     root = tmp_path / "hosts" / "hv1"
-    host = dataclasses.replace(lab_host(root), leases=True)
+    host = lab_host(root)
+    etc = host.private_dir("etc")
+    etc.mkdir(parents=True)
+    assert "virtlockd" not in lab_hosts._start_script(host)
+    assert "lock_manager" not in lab_hosts.render_qemu_conf(host)
+    (etc / "qemu.conf").write_text(lab_hosts.render_qemu_conf(host) + 'lock_manager = "lockd"\n')
+    (etc / "qemu-lockd.conf").write_text('file_lockspace_dir = "/srv/leases"\n')
     script = lab_hosts._start_script(host)
     assert f"virtlockd --daemon --pid-file {root}/virtlockd.pid" in script
     assert script.index("virtlockd --daemon") < script.index("exec libvirtd")
-    assert 'lock_manager = "lockd"' in lab_hosts.render_qemu_conf(host)
-    lockd = lab_hosts.render_lockd_conf(host)
-    assert f'file_lockspace_dir = "{tmp_path}/leases"' in lockd and "auto_disk_leases = 1" in lockd
-    plain = lab_host(root)
-    assert "virtlockd" not in lab_hosts._start_script(plain)
-    assert "lock_manager" not in lab_hosts.render_qemu_conf(plain)
+    assert lab_hosts.render_qemu_conf(host).endswith('lock_manager = "lockd"\n')
+    lab_hosts.forget_operator_settings(host)
+    assert not (etc / "qemu-lockd.conf").exists()
+    assert "virtlockd" not in lab_hosts._start_script(host)
