@@ -64,7 +64,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     lab_dir: Path = args.lab_dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     image = build_image(args.cache_dir)
-    stacks = _host_stacks(args.stack, args.hosts, _recorded_stacks(lab_dir))
+    recorded = _recorded_stacks(lab_dir)
+    stacks = _host_stacks(args.stack, args.hosts, recorded)
     state = LabState(
         lab_dir=str(lab_dir),
         cache_dir=str(args.cache_dir),
@@ -82,11 +83,16 @@ def cmd_up(args: argparse.Namespace) -> None:
     orphans = {host.name: hosts.orphaned_guests(host) for host in state.hosts}
     for host in state.hosts:  # before anything changes
         _refuse_orphaning(host, orphans[host.name])
+        if host.name in recorded:
+            hosts.refuse_lockd_without_virtlockd(host)
     surplus = _surplus_hosts(lab_dir, state)
     for host in surplus:
         _refuse_removing_orphans(host)
     for host in surplus:
         hosts.stop_host(host)  # so `up --hosts 2` leaves no third daemon
+    for host in state.hosts:
+        if host.name not in recorded:
+            hosts.forget_operator_settings(host)  # new to the lab: not an earlier host's settings
     state.save()
     transports.ensure_ssh(state)
     transports.ensure_pki(state)
@@ -319,9 +325,9 @@ def cmd_host_add(args: argparse.Namespace) -> None:
         return
     host = _host_spec(Path(state.lab_dir), Path(state.cache_dir), int(name[2:]),
                       state.hosts[0].memory_capacity_mib if state.hosts else 3072, args.stack)
-    hosts.forget_operator_settings(host)
     orphans = hosts.orphaned_guests(host)  # guests of a host removed while its libvirtd was gone
     _refuse_orphaning(host, orphans)
+    hosts.forget_operator_settings(host)
     state.hosts = sorted(state.hosts + [host], key=lambda h: h.index)
     state.save()
     _start_and_list(state, host, orphans)
@@ -349,6 +355,7 @@ def cmd_host_set_stack(args: argparse.Namespace) -> None:
                           legacy=bool(host.cpu_models_missing))
     orphans = [] if up else hosts.orphaned_guests(host)
     _refuse_orphaning(new_host, orphans)
+    hosts.refuse_lockd_without_virtlockd(new_host)
     state.hosts = [new_host if h.name == host.name else h for h in state.hosts]
     state.save()
     _start_and_list(state, new_host, orphans)

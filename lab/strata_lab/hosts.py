@@ -83,6 +83,13 @@ def uses_lockd(host: HostSpec) -> bool:
     return path.exists() and any(line.split() == LOCKD_SETTING.split() for line in path.read_text().splitlines())
 
 
+def refuse_lockd_without_virtlockd(host: HostSpec) -> None:
+    """A host whose qemu.conf names lockd needs a virtlockd, which only the stock stack has."""
+    if uses_lockd(host) and host.stack_root:
+        raise LabError(f"{host.name}'s qemu.conf names the lockd lock manager: the {host.stack} root has no "
+                       "virtlockd; take the setting out first (strata.migration.hypervisor with leases off)")
+
+
 def forget_operator_settings(host: HostSpec) -> None:
     """A host new to the lab starts from the lab's settings alone, not from an earlier host of its name."""
     for name in ("qemu.conf", "qemu-lockd.conf"):
@@ -146,12 +153,11 @@ def prepare_host_dirs(host: HostSpec, keep_running: bool = False) -> None:
     keep_running: keep the runtime state of guests and networks, so the new libvirtd
     reconnects to the QEMU processes that outlived the old one, as a restarted libvirtd does.
     """
+    refuse_lockd_without_virtlockd(host)
     for key in PRIVATE_DIRS:
         host.private_dir(key).mkdir(parents=True, exist_ok=True)
     etc = host.private_dir("etc")
     write_if_changed(etc / "libvirtd.conf", render_libvirtd_conf(host))
-    if uses_lockd(host) and host.stack_root:
-        raise LabError(f"{host.name}'s qemu.conf names the lockd lock manager: the {host.stack} root has no virtlockd")
     write_if_changed(etc / "qemu.conf", render_qemu_conf(host))
     write_if_changed(host.etc_hosts, f"127.0.0.1 localhost\n{host.address} {host.name}\n")
     # Stale sockets and pid files of a killed run would make libvirtd refuse to start.

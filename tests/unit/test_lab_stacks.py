@@ -216,6 +216,10 @@ def test_a_host_whose_qemu_conf_names_lockd_runs_its_own_virtlockd_first_and_kee
     assert f"virtlockd --daemon --pid-file {root}/virtlockd.pid" in script
     assert script.index("virtlockd --daemon") < script.index("exec libvirtd")
     assert lab_hosts.render_qemu_conf(host).endswith('lock_manager = "lockd"\n')
+    trixie = dataclasses.replace(host, stack="trixie", stack_root=str(tmp_path / "trixie"))
+    with pytest.raises(lab_config.LabError, match="the trixie root has no virtlockd"):
+        lab_hosts.prepare_host_dirs(trixie)
+    assert (etc / "qemu.conf").read_text().endswith('lock_manager = "lockd"\n')  # refused before any write
     lab_hosts.forget_operator_settings(host)
     assert not (etc / "qemu-lockd.conf").exists()
     assert "virtlockd" not in lab_hosts._start_script(host)
