@@ -112,11 +112,12 @@ class StrataModule(AnsibleModule):
         if self._client is not None:
             self._client.close()
 
-    def exit_json(self, **kwargs: t.Any) -> t.NoReturn:
+    # AnsibleModule's exit_json and fail_json end the process but are not annotated as never returning.
+    def exit_json(self, **kwargs: t.Any) -> t.NoReturn:  # type: ignore[misc]
         self._close_client()
         super().exit_json(**kwargs)
 
-    def fail_json(self, msg: str, **kwargs: t.Any) -> t.NoReturn:
+    def fail_json(self, msg: str, **kwargs: t.Any) -> t.NoReturn:  # type: ignore[misc]
         self._close_client()
         super().fail_json(msg, **kwargs)
 

@@ -53,7 +53,6 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
 #   </strata:migration>
 # The version in the URI changes if the shape does.
 METADATA_NAMESPACE = "https://strata-migration.github.io/xmlns/migration/1"
-METADATA_PREFIX = "strata"
 METADATA_ELEMENT = "migration"
 
 PINNED_HOST_DEVICE = "host device"

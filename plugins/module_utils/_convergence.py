@@ -50,7 +50,6 @@ import dataclasses
 import math
 import typing as t
 
-STRATEGIES = ("precopy", "postcopy", "layered")
 DEFAULT_MAX_ROUNDS = 30
 # QEMU's own default downtime limit; every module offering max_downtime_ms defaults to it.
 DEFAULT_MAX_DOWNTIME_MS = 300

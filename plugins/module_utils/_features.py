@@ -24,7 +24,7 @@ def version_tuple(version: str) -> t.Tuple[int, ...]:
     """Turn "9.0.0" into (9, 0, 0); each part counts by its leading digits (none: 0)."""
     parts = []
     for part in version.split("."):
-        digits = re.match(r"\d*", part).group()
+        digits = re.match(r"\d*", part).group()  # type: ignore[union-attr]  # \d* matches every string
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 

@@ -362,7 +362,7 @@ def parse_capabilities(document: str) -> HostCapabilities:
             name = _text(machine)
             if name and name not in machines:
                 machines.append(name)
-        domain_types = [d.get("type") for d in arch.findall("domain") if d.get("type")]
+        domain_types = [d.get("type", "") for d in arch.findall("domain") if d.get("type")]
         guests.append(GuestCapability(
             os_type=_text(guest.find("os_type")) or "",
             arch=arch.get("name", ""),
@@ -452,8 +452,9 @@ def _parse_interface(interface: ET.Element) -> InterfaceFacts:
         attribute = _INTERFACE_SOURCE_ATTRIBUTE.get(interface_type or "")
         if attribute:
             source_name = source.get(attribute)
-        elif interface_type == "hostdev" and source.find("address") is not None:
-            source_name = _pci_address(source.find("address"))
+        elif interface_type == "hostdev":
+            address = source.find("address")
+            source_name = _pci_address(address) if address is not None else None
     mac = interface.find("mac")
     model = interface.find("model")
     return InterfaceFacts(
@@ -775,11 +776,6 @@ def domain_facts(dom: t.Any, domain_xml: t.Optional[str] = None) -> DomainFacts:
         interfaces=parsed.interfaces,
         hostdevs=parsed.hostdevs,
     )
-
-
-def gather_domain_facts(conn: t.Any, name: str) -> DomainFacts:
-    """Collect DomainFacts for the domain called `name`."""
-    return domain_facts(lookup_domain(conn, name))
 
 
 def measure_dirty_rates(

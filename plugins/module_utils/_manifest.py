@@ -13,7 +13,7 @@ made again, a move left `running` is settled from where the VM runs now
 (`reconcile`), and the rest is still to do (`pending`). It also tells where
 each VM came from, so VMs can go home after maintenance (`returns_home`).
 
-Everything here is plain data and pure functions, except `load_manifest` and
+Everything here is plain data and pure functions, except `read_manifest` and
 `save_manifest`, which only touch the one file. Every update returns a new
 `Manifest`. Hosts are recorded by name, never by URI, so no credential can end
 up in the file.
@@ -225,26 +225,12 @@ def manifest_from_dict(data: t.Any) -> Manifest:
     )
 
 
-def load_manifest(
-    path: str,
-    workflow: str,
-    clock: Clock = utc_now,
-    run_id: t.Optional[str] = None,
-) -> Manifest:
-    """Return the manifest at `path`, or a new empty one for `workflow` when there is no file.
-
-    An existing manifest keeps the workflow it was started for. A file that
-    cannot be read or understood is never replaced silently: it raises
-    `ManifestError`, naming the file and what to do.
-    """
-    manifest = read_manifest(path)
-    if manifest is None:
-        return new_manifest(workflow, clock=clock, run_id=run_id)
-    return manifest
-
-
 def read_manifest(path: str) -> t.Optional[Manifest]:
-    """Return the manifest at `path`, or None when there is no file; see `load_manifest`."""
+    """Return the manifest at `path`, or None when there is no file.
+
+    A file that cannot be read or understood is never replaced silently: it raises `ManifestError`,
+    naming the file and what to do.
+    """
     try:
         with open(path, "r", encoding="utf-8") as stream:
             text = stream.read()
@@ -356,9 +342,8 @@ def _as_planned(item: t.Union[Move, t.Mapping[str, t.Any]]) -> Move:
     if isinstance(item, Move):
         return _check_move(Move(vm=item.vm, uuid=item.uuid, from_host=item.from_host, to_host=item.to_host,
                                 strategy=item.strategy))
-    vm = item.get("vm")
     return _check_move(Move(
-        vm=vm,
+        vm=item.get("vm"),  # type: ignore[arg-type]  # checked by _check_move
         uuid=item.get("uuid") or None,
         from_host=item.get("from_host", item.get("from")),
         to_host=item.get("to_host", item.get("to")),
@@ -389,8 +374,8 @@ def record_planned(
     """
     now = clock()
     planned = [_as_planned(item) for item in moves]
-    for index, move in enumerate(planned):
-        for other in planned[:index]:
+    for position, move in enumerate(planned):
+        for other in planned[:position]:
             if _same_vm(other, move.vm, move.uuid):
                 raise ManifestError("The plan moves VM %r more than once." % move.vm, vm=move.vm)
 
@@ -631,7 +616,8 @@ def returns_home(manifest: Manifest, hosts: t.Optional[t.Iterable[str]] = None) 
     for origin in origins:
         if wanted_hosts is not None and origin.from_host not in wanted_hosts:
             continue
-        latest = manifest.moves[_latest_index(manifest.moves, origin.vm, origin.uuid)]
+        # Every origin is a move of the manifest, so its VM has a latest move.
+        latest = manifest.moves[t.cast(int, _latest_index(manifest.moves, origin.vm, origin.uuid))]
         if latest.state == RUNNING:
             continue
         current = [move for move in manifest.moves if move.state == DONE and _same_vm(move, origin.vm, origin.uuid)][-1]

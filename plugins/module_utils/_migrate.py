@@ -499,7 +499,7 @@ class _Run:
         if dom is not None and tuple(dom.state()) == (DOMAIN_PAUSED, PAUSED_POSTCOPY_FAILED):
             return self.resume_broken_postcopy(dom, check_mode)
         leftover = parse_record(dom.XMLDesc(0)) if dom is not None else None
-        if leftover is not None and dom.jobInfo()[0] == JOB_NONE:
+        if dom is not None and leftover is not None and dom.jobInfo()[0] == JOB_NONE:
             self.lift_leftover_cap(dom, leftover, check_mode)
         # The guest's balloon report before the dirty-rate measurement: the one it sends during it is new
         # enough for compaction, which then waits for none.

@@ -67,8 +67,6 @@ DEFAULT_MOVE_OVERHEAD_S = 6.0
 # Rebalance looks at this many of the least loaded hosts that can take a VM: the
 # best move almost always lands on one of them, and it keeps planning linear.
 TARGET_CANDIDATES = 4
-# Unplaceable reasons name one of these.
-CONSTRAINTS = ("no_eligible_host", "memory", "vcpus", "anti_affinity")
 
 _EPSILON = 1e-9
 

@@ -170,7 +170,6 @@ class CapabilitiesProbe:
     domain_type_error: t.Optional[str] = None
     machine_checked: bool = False
     machine_error: t.Optional[str] = None
-    canonical_machine: t.Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -387,12 +386,12 @@ def parse_migration_xml(document: str) -> MigrationXml:
         driver = filesystem.find("driver")
         if driver is not None and driver.get("type") == "virtiofs":
             target = filesystem.find("target")
-            virtiofs.append(target.get("dir") if target is not None and target.get("dir") else "?")
+            virtiofs.append((target.get("dir") if target is not None else None) or "?")
     transient = []
     for disk in root.findall("devices/disk"):
         if disk.find("transient") is not None:
             target = disk.find("target")
-            transient.append(target.get("dev") if target is not None and target.get("dev") else "?")
+            transient.append((target.get("dev") if target is not None else None) or "?")
     emulator_path = (emulator.text or "").strip() if emulator is not None else ""
     return MigrationXml(
         emulator=emulator_path or None,
@@ -411,20 +410,8 @@ def parse_pool_target_path(document: str) -> t.Optional[str]:
     except ET.ParseError as exc:
         raise InventoryParseError("cannot parse storage pool XML from libvirt: %s" % exc) from exc
     path = root.find("target/path")
-    if path is None or not (path.text or "").strip():
-        return None
-    return posixpath.normpath(path.text.strip())
-
-
-def parse_canonical_machine(document: str) -> t.Optional[str]:
-    """Return the <machine> of domain capabilities XML (the canonical machine type)."""
-    try:
-        root = ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise InventoryParseError("cannot parse domain capabilities XML from libvirt: %s" % exc) from exc
-    machine = root.find("machine")
-    text = (machine.text or "").strip() if machine is not None else ""
-    return text or None
+    text = (path.text or "").strip() if path is not None else ""
+    return posixpath.normpath(text) if text else None
 
 
 def memory_to_send(domain: DomainFacts, qemu_overhead_mib: t.Optional[int] = None) -> MemoryEstimate:
@@ -832,7 +819,7 @@ def _pool_space_verdicts(disks: t.Sequence[DiskPlacement], options: PreflightOpt
     for disk in disks:
         if disk.target in copied and disk.location == "local" and disk.pool and disk.capacity_bytes is not None:
             needs.setdefault(disk.pool, []).append(disk)
-    verdicts = []
+    verdicts: t.List[t.Tuple[str, str, t.Optional[str]]] = []
     for pool, pool_disks in sorted(needs.items()):
         needed = sum(d.capacity_bytes or 0 for d in pool_disks)
         available = pool_disks[0].pool_available_bytes
@@ -1115,11 +1102,10 @@ def probe_capabilities(dest_conn: t.Any, domain: DomainFacts, xml: MigrationXml)
     if domain.machine_type is None:
         return CapabilitiesProbe()
     try:
-        document = dest_conn.getDomainCapabilities(xml.emulator, domain.arch, domain.machine_type,
-                                                   domain.domain_type, 0)
+        dest_conn.getDomainCapabilities(xml.emulator, domain.arch, domain.machine_type, domain.domain_type, 0)
     except LibvirtError as exc:
         return CapabilitiesProbe(machine_checked=True, machine_error=describe_libvirt_error(exc))
-    return CapabilitiesProbe(machine_checked=True, canonical_machine=parse_canonical_machine(document))
+    return CapabilitiesProbe(machine_checked=True)
 
 
 def _pool_target_paths(dest_conn: t.Any) -> t.Dict[str, t.Any]:

@@ -16,7 +16,6 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     domain_request,
     domain_state_name,
     format_version,
-    gather_domain_facts,
     gather_domains,
     gather_host_facts,
     host_memory_from_stats,
@@ -823,7 +822,7 @@ def test_gather_running_domain_facts():
     stats = {"actual": 262144, "unused": 180000, "available": 250000, "usable": 200000,
              "disk_caches": 20480, "rss": 150000, "swap_in": 0, "last_update": 1}
     conn = FakeConn(domains=[FakeDomain("web1", memory_stats=stats)])
-    facts = gather_domain_facts(conn, "web1").to_dict()
+    facts = inventory.domain_facts(inventory.lookup_domain(conn, "web1")).to_dict()
     assert (facts["name"], facts["uuid"], facts["state"], facts["persistent"]) == ("web1", "uuid-web1", "running", True)
     assert (facts["domain_type"], facts["arch"], facts["machine_type"]) == ("qemu", "x86_64", "pc-q35-7.2")
     assert (facts["vcpus"], facts["cpu_mode"], facts["cpu_model"]) == (2, "custom", "qemu64")
@@ -867,7 +866,7 @@ def test_domain_stats_failure_is_reported():
 def test_unknown_domain_names_domain_host_and_uri_without_password():
     conn = FakeConn(domains=[FakeDomain("web1")], uri="qemu+tcp://admin:hunter2@127.0.0.2/system")
     with pytest.raises(DomainNotFoundError) as raised:
-        gather_domain_facts(conn, "web9")
+        inventory.domain_facts(inventory.lookup_domain(conn, "web9"))
     message = str(raised.value)
     assert message.startswith("domain 'web9' is not defined on host 'hv1' (qemu+tcp://admin@127.0.0.2/system)")
     assert "hunter2" not in message
@@ -877,12 +876,12 @@ def test_unknown_domain_names_domain_host_and_uri_without_password():
 def test_unknown_domain_when_hostname_is_unavailable():
     conn = FakeConn(hostname_error=RPC_FAILED)
     with pytest.raises(DomainNotFoundError, match=r"not defined on host 'qemu\+tcp://127.0.0.2/system'"):
-        gather_domain_facts(conn, "web9")
+        inventory.domain_facts(inventory.lookup_domain(conn, "web9"))
 
 
 def test_lookup_errors_other_than_not_found_are_reported():
     with pytest.raises(FakeLibvirtError):
-        gather_domain_facts(FakeConn(lookup_error=RPC_FAILED), "web1")
+        inventory.domain_facts(inventory.lookup_domain(FakeConn(lookup_error=RPC_FAILED), "web1"))
 
 
 # ---- dirty rate ---------------------------------------------------------------

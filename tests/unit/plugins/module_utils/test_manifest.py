@@ -28,7 +28,6 @@ from ansible_collections.strata.migration.plugins.module_utils._manifest import 
     Updates,
     apply_updates,
     ensure_manifest,
-    load_manifest,
     manifest_from_dict,
     manifest_view,
     manifest_to_dict,
@@ -119,12 +118,9 @@ def test_dict_round_trip(clock):
 
 # --- load and save ---------------------------------------------------------------------------
 
-def test_load_missing_file_gives_a_new_manifest(tmp_path, clock):
+def test_reading_a_missing_file_gives_none_and_creates_nothing(tmp_path):
     path = str(tmp_path / "absent.json")
-    manifest = load_manifest(path, "maintenance_window", clock=clock, run_id="new")
-    assert manifest.workflow == "maintenance_window"
-    assert manifest.run_id == "new"
-    assert manifest.moves == ()
+    assert read_manifest(path) is None
     assert not os.path.exists(path)
 
 
@@ -132,13 +128,13 @@ def test_save_then_load_returns_the_same_manifest(tmp_path, clock):
     path = str(tmp_path / "m.json")
     manifest = started(clock, ("web", "hv1", "hv2", "u-web"))
     save_manifest(path, manifest)
-    assert load_manifest(path, "rebalance", clock=clock) == manifest
+    assert read_manifest(path) == manifest
 
 
-def test_load_keeps_the_recorded_workflow(tmp_path, clock):
+def test_a_read_manifest_keeps_its_recorded_workflow(tmp_path, clock):
     path = str(tmp_path / "m.json")
     save_manifest(path, started(clock, ("web", "hv1", "hv2"), workflow="maintenance_window"))
-    assert load_manifest(path, "evacuate", clock=clock).workflow == "maintenance_window"
+    assert read_manifest(path).workflow == "maintenance_window"
 
 
 def test_save_creates_a_private_file(tmp_path, clock):
@@ -188,7 +184,7 @@ def test_crash_between_write_and_replace_keeps_the_old_file(tmp_path, clock, mon
         assert stream.read() == old_bytes
     assert os.listdir(str(tmp_path)) == ["m.json"]
     monkeypatch.undo()
-    assert load_manifest(path, "evacuate", clock=clock) == old
+    assert read_manifest(path) == old
 
 
 def test_save_reports_a_directory_it_cannot_create(tmp_path, clock):
@@ -210,7 +206,7 @@ def test_save_survives_a_directory_that_cannot_be_synced(tmp_path, clock, monkey
     monkeypatch.setattr(_manifest.os, "open", no_directory_open)
     path = str(tmp_path / "m.json")
     save_manifest(path, started(clock, ("web", "hv1", "hv2")))
-    assert len(load_manifest(path, "evacuate", clock=clock).moves) == 1
+    assert len(read_manifest(path).moves) == 1
 
 
 def test_save_refuses_a_move_with_a_uri_host(tmp_path, clock):
@@ -237,7 +233,7 @@ def test_load_refuses_a_corrupt_or_foreign_file(tmp_path, clock, text, expected)
     path = tmp_path / "m.json"
     path.write_text(text)
     with pytest.raises(ManifestError) as info:
-        load_manifest(str(path), "evacuate", clock=clock)
+        read_manifest(str(path))
     message = str(info.value)
     assert expected in message
     assert str(path) in message
@@ -293,7 +289,7 @@ def test_load_reports_an_unreadable_file(tmp_path, clock):
     path = tmp_path / "m.json"
     path.mkdir()
     with pytest.raises(ManifestError, match="Cannot read the manifest %s" % re.escape(str(path))):
-        load_manifest(str(path), "evacuate", clock=clock)
+        read_manifest(str(path))
 
 
 # --- no credentials --------------------------------------------------------------------------
@@ -602,7 +598,7 @@ def test_an_interrupted_run_finishes_without_moving_a_vm_twice(clock, tmp_path):
     first = mark_running(first, "db", clock=clock)
     save_manifest(path, first)
     # Rerun: db finished on its destination; the planner now sees only cache on hv1.
-    rerun = load_manifest(path, "evacuate", clock=clock)
+    rerun = read_manifest(path)
     rerun = reconcile(rerun, {"web": "hv2", "db": "hv3", "cache": "hv1"}, clock=clock)
     rerun = record_planned(rerun, plan(("cache", "hv1", "hv2")), clock=clock)
     assert [move.vm for move in pending(rerun)] == ["cache"]
@@ -717,7 +713,7 @@ def test_a_manifest_written_before_job_ids_loads(tmp_path, clock):
     data = valid_data()
     data["moves"][0].update(state=RUNNING, attempt=1, started_at="s", figures={})
     path.write_text(json.dumps(data))
-    manifest = load_manifest(str(path), "evacuate", clock=clock)
+    manifest = read_manifest(str(path))
     assert manifest.moves[0].job_id is None
     assert manifest_to_dict(manifest)["moves"][0]["job_id"] is None
 
@@ -1028,7 +1024,7 @@ def test_ensure_creates_a_missing_manifest(tmp_path, clock):
     state = ensure_manifest(path, "evacuate", Updates(plan=wave(("web", "hv1", "hv2"))), clock=clock)
     assert state.changed and state.before is None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert load_manifest(path, "evacuate") == state.after
+    assert read_manifest(path) == state.after
     assert states(state.after) == [("web", "hv1", "hv2", PLANNED)]
 
 
@@ -1036,7 +1032,7 @@ def test_ensure_creates_an_empty_manifest_when_only_reading(tmp_path, clock):
     path = str(tmp_path / "m.json")
     state = ensure_manifest(path, "rebalance", Updates(), clock=clock)
     assert state.changed
-    assert load_manifest(path, "evacuate") == state.after
+    assert read_manifest(path) == state.after
     assert state.after.workflow == "rebalance"
     again = ensure_manifest(path, "rebalance", Updates(), clock=clock)
     assert not again.changed
@@ -1072,7 +1068,7 @@ def test_ensure_without_workflow_takes_the_recorded_one(tmp_path, clock):
     save_manifest(path, started(clock, ("web", "hv1", "hv2"), workflow="maintenance_window"))
     state = ensure_manifest(path, None, Updates(started=[{"vm": "web"}]), clock=clock)
     assert state.changed and state.after.workflow == "maintenance_window"
-    assert load_manifest(path, "evacuate").moves[0].state == RUNNING
+    assert read_manifest(path).moves[0].state == RUNNING
 
 
 def test_ensure_leaves_the_file_alone_when_the_moves_do_not_change(tmp_path, clock):
@@ -1135,7 +1131,7 @@ def test_a_whole_wave_recorded_twice_changes_nothing_the_second_time(tmp_path, c
         assert not ensure_manifest(path, "evacuate", updates, clock=clock).changed
     # The rerun of the whole workflow: the VM is where the move put it and the planner has nothing left.
     assert not ensure_manifest(path, "evacuate", Updates(where={"web": "hv2"}, plan=[]), clock=clock).changed
-    move = load_manifest(path, "evacuate").moves[0]
+    move = read_manifest(path).moves[0]
     assert (move.state, move.job_id, move.attempt, move.result) == (DONE, "j1.1", 1, "migrated")
 
 

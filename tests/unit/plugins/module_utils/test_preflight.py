@@ -113,7 +113,7 @@ def data(dom="default", source=None, destination=None, **overrides):
         domain_name="web1",
         domain=domain() if dom == "default" else dom,
         cpu=CpuProbe(compared=True, result=preflight.CPU_COMPARE_SUPERSET),
-        capabilities=CapabilitiesProbe(machine_checked=True, canonical_machine="pc-i440fx-7.2"),
+        capabilities=CapabilitiesProbe(machine_checked=True),
         dest_interfaces=["eth0", "lo", "br0"],
     )
     values.update(overrides)
@@ -218,18 +218,16 @@ def test_parse_bare_migration_xml():
 
 
 def test_parse_errors():
-    for parser in (preflight.parse_migration_xml, preflight.parse_pool_target_path, preflight.parse_canonical_machine):
+    for parser in (preflight.parse_migration_xml, preflight.parse_pool_target_path):
         with pytest.raises(InventoryParseError, match="cannot parse"):
             parser("<broken")
 
 
-def test_parse_pool_target_path_and_canonical_machine():
+def test_parse_pool_target_path():
     assert preflight.parse_pool_target_path(
         "<pool type='dir'><target><path>/srv/shared/</path></target></pool>") == "/srv/shared"
     assert preflight.parse_pool_target_path("<pool type='rbd'><name>ceph</name></pool>") is None
-    assert preflight.parse_canonical_machine(
-        "<domainCapabilities><machine>pc-i440fx-7.2</machine></domainCapabilities>") == "pc-i440fx-7.2"
-    assert preflight.parse_canonical_machine("<domainCapabilities/>") is None
+    assert preflight.parse_pool_target_path("<pool type='dir'><target><path> </path></target></pool>") is None
 
 
 @pytest.mark.parametrize("balloon, overhead, expected, source", [
@@ -992,7 +990,7 @@ def test_gather_reads_both_hosts_and_probes_the_destination():
     assert gathered.cpu == CpuProbe(compared=True, result=2)
     assert dest.calls[0] == ("compareHypervisorCPU", "/usr/bin/qemu-system-x86_64", "x86_64", "pc-i440fx-7.2",
                              "qemu", preflight.COMPARE_CPU_FAIL_INCOMPATIBLE)
-    assert gathered.capabilities == CapabilitiesProbe(machine_checked=True, canonical_machine="pc-i440fx-7.2")
+    assert gathered.capabilities == CapabilitiesProbe(machine_checked=True)
     assert [(d.target, d.location, d.pool) for d in gathered.disks] == [
         ("vda", "local", "local"),
         ("vdb", "destination", "shared"),
