@@ -152,7 +152,8 @@ class LabState:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(HostSpec)}  # a field of an older lab is dropped
         hosts = [
-            HostSpec(**{**{k: v for k, v in h.items() if k in known}, "cpu_models_missing": tuple(h.get("cpu_models_missing", ())),
+            HostSpec(**{**{key: value for key, value in h.items() if key in known},
+                        "cpu_models_missing": tuple(h.get("cpu_models_missing", ())),
                         "shared_paths": tuple(h.get("shared_paths", ()))})
             for h in data.pop("hosts")
         ]

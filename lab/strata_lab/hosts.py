@@ -30,6 +30,8 @@ SMALL_POOL_MIB = 192
 CPU_CGROUP_PARENT = "strata-lab"
 # systemd's "hybrid" layout mounts an empty cgroup v2 hierarchy here beside v1's.
 UNIFIED_CGROUP_MOUNT = "/sys/fs/cgroup/unified"
+# The qemu.conf line of libvirt's lockd lock manager (disk leases): set by the operator, kept by the lab.
+LOCKD_SETTING = 'lock_manager = "lockd"'
 
 
 def render_libvirtd_conf(host: HostSpec) -> str:
@@ -72,9 +74,6 @@ def render_qemu_conf(host: HostSpec) -> str:
             "",
         ]
     )
-
-
-LOCKD_SETTING = 'lock_manager = "lockd"'
 
 
 def uses_lockd(host: HostSpec) -> bool:
