@@ -94,3 +94,38 @@ def plot_remaining_and_throttle(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_move_lanes(panels: t.Mapping[str, t.Mapping[str, t.Any]], title: str, path: Path) -> None:
+    """Moves over time: one panel per method, one lane per VM, sharing the time axis.
+
+    panels: method -> {moves: [{vm, start_s, end_s, job_seen_start_s, job_seen_end_s}], wall_s}; times in
+    seconds since the method's command started. A move is a light bar from its start to its end, the
+    libvirt job seen in it a dark one inside; a dashed line marks the end of the command.
+    """
+    figure, axes_list = plt.subplots(len(panels), 1, figsize=(9, 1.0 + 1.5 * len(panels)), sharex=True,
+                                     squeeze=False)
+    for axes, (method, panel) in zip((row[0] for row in axes_list), panels.items()):
+        moves = panel.get("moves") or []
+        lanes = sorted({move["vm"].split("-", 2)[-1] for move in moves})
+        for move in moves:
+            lane = lanes.index(move["vm"].split("-", 2)[-1])
+            if move.get("start_s") is not None and move.get("end_s") is not None:
+                axes.barh(lane, move["end_s"] - move["start_s"], left=move["start_s"], height=0.7, color="tab:blue",
+                          alpha=0.35, label="move" if lane == 0 else None)
+            if move.get("job_seen_start_s") is not None and move.get("job_seen_end_s") is not None:
+                axes.barh(lane, move["job_seen_end_s"] - move["job_seen_start_s"], left=move["job_seen_start_s"],
+                          height=0.35, color="tab:blue", label="libvirt job" if lane == 0 else None)
+        if panel.get("wall_s") is not None:
+            axes.axvline(panel["wall_s"], color="grey", linestyle="--", label="command ends")
+        axes.set_yticks(range(len(lanes)), lanes)
+        axes.set_ylim(-0.6, len(lanes) - 0.4)
+        axes.set_title(method, fontsize="medium", loc="left")
+        axes.grid(True, axis="x", alpha=0.3)
+    axes_list[0][0].legend(fontsize="small", loc="upper right")
+    axes_list[0][0].figure.suptitle(title)
+    axes_list[-1][0].set_xlabel("seconds since the method's command started")
+    axes_list[-1][0].set_xlim(left=0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

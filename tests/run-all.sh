@@ -100,10 +100,11 @@ ecosystem_check() {
 }
 ecosystem_check sanity-ignores-empty bash -c '! grep -s -v "^$" tests/sanity/ignore-*.txt'
 ecosystem_check ansible-lint ansible-lint --offline --profile production roles playbooks extensions
-# The collection's logic is typed: mypy holds module_utils to its annotations (run from the staged
+# The collection's logic is typed: mypy holds module_utils and plugin_utils to their annotations (run from the staged
 # tree's ansible_collections parent, so the package path resolves).
 ecosystem_check mypy bash -c 'cd ../../.. && mypy --python-version 3.11 --ignore-missing-imports \
-  --explicit-package-bases --namespace-packages -p ansible_collections.strata.migration.plugins.module_utils'
+  --explicit-package-bases --namespace-packages -p ansible_collections.strata.migration.plugins.module_utils \
+  -p ansible_collections.strata.migration.plugins.plugin_utils'
 ecosystem_check collection-docs bash tests/ecosystem/reference.sh --check
 ecosystem_check changelog bash tests/ecosystem/changelog.sh
 ecosystem_check execution-environment bash tests/ecosystem/execution_environment.sh

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import typing as t
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.strata.migration.plugins.module_utils._progress import progress_line, read_progress
 from ansible_collections.strata.migration.plugins.modules.migration_wait import ARGUMENT_SPEC
 
 display = Display()
@@ -24,19 +24,6 @@ ASYNC_KEYS = frozenset(("ansible_job_id", "started", "finished", "results_file",
 # async_status's message when no job file exists for the id.
 JOB_NOT_FOUND_MSG = "could not find job"
 MIN_POLL_INTERVAL_S = 0.5
-PROGRESS_NUMBERS = ("percent", "remaining_mib", "transferred_mib", "pass", "elapsed_s")
-
-
-@dataclass
-class Progress:
-    """What a live_migrate progress file says, once checked."""
-
-    phase: str
-    percent: float | None = None
-    remaining_mib: float | None = None
-    transferred_mib: float | None = None
-    pass_number: float | None = None
-    elapsed_s: float | None = None
 
 
 @dataclass
@@ -50,60 +37,6 @@ class Job:
 
     def report(self) -> dict[str, t.Any]:
         return {"jid": self.jid, "label": self.label, "status": self.status, "result": self.result, "msg": self.msg}
-
-
-def _is_number(value: t.Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_progress(data: t.Any) -> Progress | None:
-    """A Progress from a decoded progress file, or None when it is not one (partial, foreign, wrong types)."""
-    if not isinstance(data, dict):
-        return None
-    phase = data.get("phase")
-    if not isinstance(phase, str) or not phase:
-        return None
-    numbers: dict[str, float | None] = {}
-    for key in PROGRESS_NUMBERS:
-        value = data.get(key)
-        if value is not None and not _is_number(value):
-            return None
-        numbers[key] = value
-    return Progress(
-        phase=phase,
-        percent=numbers["percent"],
-        remaining_mib=numbers["remaining_mib"],
-        transferred_mib=numbers["transferred_mib"],
-        pass_number=numbers["pass"],
-        elapsed_s=numbers["elapsed_s"],
-    )
-
-
-def read_progress(path: str) -> Progress | None:
-    """The job's progress, or None when the file is missing, unreadable or not (yet) a whole progress record."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return parse_progress(data)
-
-
-def progress_line(label: str, progress: Progress | None) -> str:
-    """One progress line, for example '  web1 hv1 -> hv2: migrating 62%, 98 MiB left, pass 3, 12 s'."""
-    if progress is None:
-        return "  %s: waiting for progress" % label
-    head = progress.phase
-    if progress.percent is not None:
-        head += " %.0f%%" % progress.percent
-    parts = [head]
-    if progress.remaining_mib is not None:
-        parts.append("%.0f MiB left" % progress.remaining_mib)
-    if progress.pass_number is not None:
-        parts.append("pass %.0f" % progress.pass_number)
-    if progress.elapsed_s is not None:
-        parts.append("%.0f s" % progress.elapsed_s)
-    return "  %s: %s" % (label, ", ".join(parts))
 
 
 def module_result(raw: dict[str, t.Any]) -> dict[str, t.Any]:

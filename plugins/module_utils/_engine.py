@@ -41,6 +41,7 @@ import typing as t
 from ansible_collections.strata.migration.plugins.module_utils._convergence import DEFAULT_MAX_DOWNTIME_MS, Prediction
 from ansible_collections.strata.migration.plugins.module_utils._features import available
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import StrataError
+from ansible_collections.strata.migration.plugins.module_utils._progress import PROGRESS_PHASES, progress_record
 
 # virDomainMigrateFlags (numeric, so this module imports without libvirt).
 MIGRATE_LIVE = 1
@@ -110,7 +111,6 @@ ABORT_GRACE_S = 30.0
 # Post-copy cannot be aborted; past timeout_s the loop waits this much longer for it.
 POSTCOPY_GRACE_S = 120.0
 # Phases of the progress record, in the order a task meets them (failed can follow any of them).
-PROGRESS_PHASES = ("preparing", "migrating", "postcopy", "verifying", "done", "failed")
 # Within a phase the progress record is handed on at most this often: a watcher polls every few seconds.
 PROGRESS_INTERVAL_S = 1.0
 
@@ -809,10 +809,10 @@ class ProgressReporter:
         if phase == self.phase and self.handed_at is not None and now - self.handed_at < self.interval_s:
             return
         self.phase, self.handed_at = phase, now
-        record: t.Dict[str, t.Any] = {"domain": self.domain, "phase": phase}
-        record.update(self.figures)
-        record["elapsed_s"] = round(now - self.timeline.started, 1)
-        record["updated"] = self.utcnow().astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        record = progress_record(
+            self.domain, phase, dict(self.figures, elapsed_s=round(now - self.timeline.started, 1)),
+            self.utcnow().astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         try:
             self.sink(record)
         except Exception:  # progress is advisory: it never ends a migration

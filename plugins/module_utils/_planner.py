@@ -738,9 +738,17 @@ def plan_placement(hosts: t.Sequence[HostSpec], vms: t.Sequence[VmSpec], options
     wave_count = max(wave_of) + 1 if wave_of else 0
     waves: t.List[t.List[str]] = [[] for _wave in range(wave_count)]
     wave_s = [0.0] * wave_count
+    # Moves through one host at once share its bandwidth: their copies add up on that host.
+    copying: t.List[t.Dict[str, float]] = [{} for _wave in range(wave_count)]
     for move in ordered:
         waves[move.wave - 1].append(move.vm)
         wave_s[move.wave - 1] = max(wave_s[move.wave - 1], move.estimated_s)
+        copy_s = max(move.estimated_s - options.move_overhead_s, 0.0)
+        for host in (move.from_host, move.to_host):
+            copying[move.wave - 1][host] = copying[move.wave - 1].get(host, 0.0) + copy_s
+    for index, per_host in enumerate(copying):
+        if per_host:
+            wave_s[index] = max(wave_s[index], options.move_overhead_s + max(per_host.values()))
     total_s = sum(wave_s)
     fits = None if options.window_s is None else total_s <= options.window_s
     spread_after = cluster.spread()

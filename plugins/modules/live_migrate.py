@@ -596,44 +596,44 @@ from ansible_collections.strata.migration.plugins.module_utils._migrate import (
 from ansible_collections.strata.migration.plugins.module_utils._preflight import preflight_options
 
 
+ARGUMENT_SPEC: dict = {
+    "name": {"type": "str", "required": True},
+    "dest_uri": {"type": "str", "required": True},
+    "peer_uri": {"type": "str"},
+    "migrate_uri": {"type": "str"},
+    "strategy": {"type": "str", "default": "auto", "choices": list(STRATEGY_CHOICES)},
+    "max_downtime_ms": {"type": "int", "default": 300},
+    "bandwidth_mibps": {"type": "int", "default": 0},
+    "switchover_bandwidth_mibps": {"type": "int", "default": 0},
+    "timeout_s": {"type": "int", "default": 600},
+    "stall_timeout_s": {"type": "int", "default": 30},
+    "max_transfer_ratio": {"type": "float", "default": DEFAULT_MAX_TRANSFER_RATIO},
+    "shaking_iterations": {"type": "int", "default": 3},
+    "compact": {"type": "bool"},
+    "compact_headroom_mib": {"type": "int", "default": 64},
+    "compact_timeout_s": {"type": "int", "default": 60},
+    "allow_postcopy": {"type": "bool", "default": False},
+    "cap_vcpus": {"type": "bool"},
+    "postcopy_recovery_timeout_s": {"type": "int", "default": 300},
+    "parallel_connections": {"type": "int", "default": 1},
+    "compression": {"type": "list", "elements": "str"},
+    "tls": {"type": "bool", "default": False},
+    "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
+    "migrate_disks": {"type": "list", "elements": "str"},
+    "allow_unsafe": {"type": "bool", "default": False},
+    "keep_source_disks": {"type": "bool", "default": False},
+    "persist": {"type": "bool", "default": True},
+    "preflight": {"type": "bool", "default": True},
+    "measure_dirty_rate_s": {"type": "int", "default": 1},
+    "dest_capacity_mib": {"type": "int"},
+    "reserve_mib": {"type": "int", "default": 0},
+    "qemu_overhead_mib": {"type": "int"},
+    "progress_file": {"type": "path"},
+}
+
+
 def main() -> None:
-    module = StrataModule(
-        argument_spec={
-            "name": {"type": "str", "required": True},
-            "dest_uri": {"type": "str", "required": True},
-            "peer_uri": {"type": "str"},
-            "migrate_uri": {"type": "str"},
-            "strategy": {"type": "str", "default": "auto", "choices": list(STRATEGY_CHOICES)},
-            "max_downtime_ms": {"type": "int", "default": 300},
-            "bandwidth_mibps": {"type": "int", "default": 0},
-            "switchover_bandwidth_mibps": {"type": "int", "default": 0},
-            "timeout_s": {"type": "int", "default": 600},
-            "stall_timeout_s": {"type": "int", "default": 30},
-            "max_transfer_ratio": {"type": "float", "default": DEFAULT_MAX_TRANSFER_RATIO},
-            "shaking_iterations": {"type": "int", "default": 3},
-            "compact": {"type": "bool"},
-            "compact_headroom_mib": {"type": "int", "default": 64},
-            "compact_timeout_s": {"type": "int", "default": 60},
-            "allow_postcopy": {"type": "bool", "default": False},
-            "cap_vcpus": {"type": "bool"},
-            "postcopy_recovery_timeout_s": {"type": "int", "default": 300},
-            "parallel_connections": {"type": "int", "default": 1},
-            "compression": {"type": "list", "elements": "str"},
-            "tls": {"type": "bool", "default": False},
-            "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
-            "migrate_disks": {"type": "list", "elements": "str"},
-            "allow_unsafe": {"type": "bool", "default": False},
-            "keep_source_disks": {"type": "bool", "default": False},
-            "persist": {"type": "bool", "default": True},
-            "preflight": {"type": "bool", "default": True},
-            "measure_dirty_rate_s": {"type": "int", "default": 1},
-            "dest_capacity_mib": {"type": "int"},
-            "reserve_mib": {"type": "int", "default": 0},
-            "qemu_overhead_mib": {"type": "int"},
-            "progress_file": {"type": "path"},
-        },
-        supports_check_mode=True,
-    )
+    module = StrataModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
     result = {"domain": params["name"], "timeline": []}
     try:

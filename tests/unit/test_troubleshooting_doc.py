@@ -90,11 +90,10 @@ NOT_USER_FACING = {
     # connect_timeout_s is checked to be at least 1 by every module before a connection opens.
     ("plugins/module_utils/_libvirt.py", "connect_timeout_s must be positive"): "checked earlier as an option",
     ("plugins/module_utils/_engine.py", "unknown progress phase"): "the phases are constants of the engine",
+    ("plugins/module_utils/_progress.py", "unknown progress phase"): "the phases are constants of the engine",
     ("plugins/module_utils/_migrate.py", "wait() before start()"): "the engine always starts a job before waiting",
     # evaluate() fails the domain_running check first, which is enforced even with preflight: false.
     ("plugins/module_utils/_migrate.py", "is not defined on the source"): "the domain_running check reports it",
-    # The filter gets migration_wait's own result for the jobs it was given.
-    ("plugins/module_utils/_workflow.py", "migration_wait returned "): "migration_wait answers every job it gets",
 }
 
 

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 from ansible.errors import AnsibleActionFail
 
+from ansible_collections.strata.migration.tests.unit.plugins.action.fakes import FakeDisplay
 from ansible_collections.strata.migration.plugins.action import migration_wait
-from ansible_collections.strata.migration.plugins.action.migration_wait import (
-    ActionModule,
+from ansible_collections.strata.migration.plugins.action.migration_wait import ActionModule
+from ansible_collections.strata.migration.plugins.module_utils._progress import (
     parse_progress,
     progress_line,
     read_progress,
@@ -66,18 +67,6 @@ class FakeClock:
     def sleep(self, seconds):
         self.sleeps.append(seconds)
         self.now += seconds
-
-
-class FakeDisplay:
-    def __init__(self):
-        self.lines = []
-        self.warnings = []
-
-    def display(self, msg):
-        self.lines.append(msg)
-
-    def warning(self, msg):
-        self.warnings.append(msg)
 
 
 @pytest.fixture

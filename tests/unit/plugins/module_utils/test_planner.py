@@ -311,6 +311,16 @@ def test_wave_time_is_its_longest_move():
     assert plan["estimated_total_s"] == round(estimate(4000), 1)
 
 
+def test_moves_through_one_host_at_once_share_its_bandwidth():
+    # Two moves out of a in one wave: a sends both copies over one link, so the wave takes both copies.
+    hosts = [host("a"), host("b"), host("c")]
+    plan = evacuate(hosts, [vm("x", "a", 1000), vm("y", "a", 1000)], "a", max_parallel_per_host=2,
+                    bandwidth_mibps=100)
+    assert plan["waves"] == [["x", "y"]]
+    copy_s = estimate(1000, bandwidth_mibps=100, overhead_s=0)
+    assert plan["estimated_total_s"] == round(DEFAULT_MOVE_OVERHEAD_S + 2 * copy_s, 1)
+
+
 def test_each_move_costs_its_overhead_besides_the_copy():
     hosts = [host("a"), host("b"), host("c")]
     vms = [vm("x", "a", 1000), vm("y", "a", 1000)]

@@ -10,22 +10,15 @@ import pytest
 
 from ansible_collections.strata.migration.plugins.module_utils._workflow import (
     WorkflowError,
-    _pairs,
     cluster_hosts,
     evacuation_remaining,
-    finished_moves,
     host_list,
-    interrupted_jobs,
     migrate_uris,
-    move_results,
     plan_lines,
     planner_hosts,
     planner_vms,
     recently_moved,
     return_waves,
-    started_moves,
-    wait_jobs,
-    wave_jobs,
     window_table,
 )
 
@@ -244,131 +237,6 @@ def test_recently_moved_compares_the_manifest_times_in_time_order():
 
 def test_recently_moved_of_an_empty_manifest_is_empty():
     assert recently_moved([], "2024-05-01T10:00:00Z") == []
-
-
-# wave_jobs
-
-
-def test_wave_jobs_pairs_each_started_move_with_its_job_and_progress_file():
-    started = [{"item": MOVE, "ansible_job_id": "j1", "started": 1},
-               {"item": {"vm": "db1", "from": "hv1", "to": "hv3"}, "ansible_job_id": "j2"}]
-    assert wave_jobs(started, "/tmp/p") == [
-        job(MOVE),
-        {"vm": "db1", "uuid": None, "from": "hv1", "to": "hv3", "jid": "j2", "label": "db1 hv1 -> hv3",
-         "progress_file": "/tmp/p/db1.json"},
-    ]
-
-
-def test_wave_jobs_refuses_a_move_that_did_not_start_with_its_message():
-    started = [{"item": MOVE, "ansible_job_id": "j1"},
-               {"item": MOVE2, "failed": True, "msg": "template error in dest_uri"}]
-    with pytest.raises(WorkflowError, match=r"^The migration of db1 did not start: template error in dest_uri$"):
-        wave_jobs(started, "/tmp/p")
-
-
-def test_wave_jobs_says_no_job_id_when_the_result_has_no_message():
-    with pytest.raises(WorkflowError, match=r"did not start: no job id$"):
-        wave_jobs([{"item": MOVE, "skipped": True}], "/tmp/p")
-
-
-# interrupted_jobs
-
-
-def test_interrupted_jobs_only_for_running_moves_with_a_job_id():
-    running = [dict(MOVE, state="running", job_id="j7"),
-               dict(MOVE2, state="running"),
-               dict(MOVE2, vm="db2", state="running", job_id=None),
-               {"vm": "app1", "from": "hv2", "to": "hv1", "job_id": "j8"}]
-    assert interrupted_jobs(running) == [
-        {"vm": "web1", "uuid": "u-web1", "from": "hv1", "to": "hv2", "jid": "j7",
-         "label": "web1 hv1 -> hv2 (left running by an interrupted run)"},
-        {"vm": "app1", "uuid": None, "from": "hv2", "to": "hv1", "jid": "j8",
-         "label": "app1 hv2 -> hv1 (left running by an interrupted run)"},
-    ]
-
-
-def test_interrupted_jobs_have_no_progress_file_so_wait_jobs_passes_none():
-    # The progress files of a killed run are gone with its temporary directory.
-    assert wait_jobs(interrupted_jobs([dict(MOVE, job_id="j7")])) == [
-        {"jid": "j7", "label": "web1 hv1 -> hv2 (left running by an interrupted run)"}]
-
-
-# wait_jobs
-
-
-def test_wait_jobs_keeps_jid_label_and_progress_file_when_there_is_one():
-    assert wait_jobs([job(MOVE), job(MOVE2, jid="j2", progress_file=None), job(MOVE2, jid="j3", progress_file="")]) == [
-        {"jid": "j1", "label": "web1 hv1 -> hv2", "progress_file": "/tmp/p/web1.json"},
-        {"jid": "j2", "label": "db1 hv1 -> hv3"},
-        {"jid": "j3", "label": "db1 hv1 -> hv3"},
-    ]
-
-
-# started_moves
-
-
-def test_started_moves_records_each_move_with_its_job_id():
-    assert started_moves([job(MOVE), {"vm": "app1", "jid": "j9"}]) == [
-        {"vm": "web1", "uuid": "u-web1", "job_id": "j1"},
-        {"vm": "app1", "uuid": None, "job_id": "j9"},
-    ]
-
-
-# _pairs, finished_moves, move_results
-
-JOBS = [job(MOVE), job(MOVE2, jid="j2"), job(dict(MOVE2, vm="app1", uuid="u-app1"), jid="j3"),
-        job(dict(MOVE2, vm="app2", uuid="u-app2"), jid="j4")]
-WAITED = {"jobs": [
-    {"jid": "j1", "status": "finished", "msg": "",
-     "result": {"changed": True, "msg": "web1 moved", "strategy": {"name": "precopy", "reason": "cold"}}},
-    {"jid": "j2", "status": "failed", "msg": "aborted", "result": {"failed": True, "msg": "", "strategy": "layered"}},
-    {"jid": "j3", "status": "running", "msg": "", "result": {}},
-    {"jid": "j4", "status": "unknown", "msg": "could not find job", "result": None},
-]}
-
-
-def test_pairs_matches_jobs_and_outcomes_in_order():
-    pairs = _pairs(JOBS[:2], {"jobs": WAITED["jobs"][:2]})
-    assert [(job_["jid"], outcome["jid"]) for job_, outcome in pairs] == [("j1", "j1"), ("j2", "j2")]
-
-
-@pytest.mark.parametrize("waited", [{"jobs": WAITED["jobs"][:3]}, {}], ids=["fewer", "none"])
-def test_pairs_refuses_a_count_mismatch(waited):
-    with pytest.raises(WorkflowError, match=r"^migration_wait returned \d+ jobs for 4 migrations\.$"):
-        _pairs(JOBS, waited)
-
-
-def test_finished_moves_records_only_moves_that_ended():
-    assert finished_moves(JOBS, WAITED) == [
-        {"vm": "web1", "uuid": "u-web1",
-         "result": {"changed": True, "msg": "web1 moved", "strategy": {"name": "precopy", "reason": "cold"}}},
-        {"vm": "db1", "uuid": "u-db1", "result": {"failed": True, "msg": "", "strategy": "layered"}},
-    ]
-
-
-def test_finished_moves_gives_an_empty_result_when_the_job_has_none():
-    waited = {"jobs": [{"jid": "j1", "status": "failed", "msg": "lost", "result": None}]}
-    assert finished_moves(JOBS[:1], waited) == [{"vm": "web1", "uuid": "u-web1", "result": {}}]
-
-
-def test_finished_moves_refuses_a_count_mismatch():
-    with pytest.raises(WorkflowError, match="returned 1 jobs for 4 migrations"):
-        finished_moves(JOBS, {"jobs": WAITED["jobs"][:1]})
-
-
-def test_move_results_one_line_per_move_with_message_and_strategy_name():
-    assert move_results(JOBS, WAITED) == [
-        {"vm": "web1", "from": "hv1", "to": "hv2", "status": "finished", "msg": "web1 moved", "strategy": "precopy"},
-        # The module's message is empty: the wait's own message stands in.
-        {"vm": "db1", "from": "hv1", "to": "hv3", "status": "failed", "msg": "aborted", "strategy": "layered"},
-        {"vm": "app1", "from": "hv1", "to": "hv3", "status": "running", "msg": "", "strategy": None},
-        {"vm": "app2", "from": "hv1", "to": "hv3", "status": "unknown", "msg": "could not find job", "strategy": None},
-    ]
-
-
-def test_move_results_refuses_a_count_mismatch():
-    with pytest.raises(WorkflowError, match="returned 5 jobs for 4 migrations"):
-        move_results(JOBS, {"jobs": WAITED["jobs"] + WAITED["jobs"][:1]})
 
 
 # plan_lines
