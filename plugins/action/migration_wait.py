@@ -16,11 +16,10 @@ from ansible.utils.display import Display
 
 from ansible_collections.strata.migration.plugins.module_utils._progress import progress_line, read_progress
 from ansible_collections.strata.migration.plugins.modules.migration_wait import ARGUMENT_SPEC
+from ansible_collections.strata.migration.plugins.plugin_utils._async_jobs import missing_job_message, module_result
 
 display = Display()
 
-# What async_status adds about the job itself; the caller wants the module's own result.
-ASYNC_KEYS = frozenset(("ansible_job_id", "started", "finished", "results_file", "stdout_lines", "stderr_lines"))
 # async_status's message when no job file exists for the id.
 JOB_NOT_FOUND_MSG = "could not find job"
 MIN_POLL_INTERVAL_S = 0.5
@@ -37,11 +36,6 @@ class Job:
 
     def report(self) -> dict[str, t.Any]:
         return {"jid": self.jid, "label": self.label, "status": self.status, "result": self.result, "msg": self.msg}
-
-
-def module_result(raw: dict[str, t.Any]) -> dict[str, t.Any]:
-    """The job's module result without async_status's bookkeeping."""
-    return {key: value for key, value in raw.items() if key not in ASYNC_KEYS and not key.startswith("_ansible_")}
 
 
 def timeout_message(timeout_s: float, total: int, running: list[Job]) -> str:
@@ -123,10 +117,7 @@ class ActionModule(ActionBase):
         raw = self._async_status(job.jid, "status", async_dir, task_vars)
         if raw.get("failed") and raw.get("msg") == JOB_NOT_FOUND_MSG:
             job.status = "unknown"
-            job.msg = (
-                "no job file for job id %s in %s: the job was started on another controller or host, or its file "
-                "was already cleaned up" % (job.jid, async_dir)
-            )
+            job.msg = missing_job_message(job.jid, async_dir)
             display.display("  %s: status unknown: %s" % (job.label, job.msg))
             return
         if not raw.get("finished"):

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -40,6 +39,12 @@ from ansible_collections.strata.migration.plugins.module_utils._progress import 
 )
 from ansible_collections.strata.migration.plugins.modules.live_migrate import ARGUMENT_SPEC as MIGRATE_SPEC
 from ansible_collections.strata.migration.plugins.modules.run_moves import ARGUMENT_SPEC
+from ansible_collections.strata.migration.plugins.plugin_utils._async_jobs import (
+    job_finished,
+    missing_job_message,
+    module_result,
+    read_job_file,
+)
 from ansible_collections.strata.migration.plugins.plugin_utils._scheduler import (
     MoveScheduler,
     ScheduledMove,
@@ -64,8 +69,6 @@ CHECK_INTERVAL_S = 0.25
 JOB_FILE_GRACE_S = 60
 # Poll period while waiting for a migration job no manifest entry has an id for.
 UNRECORDED_POLL_S = 1.0
-# What async_wrapper adds to the module's own result.
-ASYNC_KEYS = frozenset(("ansible_job_id", "started", "finished", "results_file", "stdout_lines", "stderr_lines"))
 
 
 @dataclass
@@ -106,31 +109,6 @@ class Job:
             "ended_s": self.ended_s,
             "job_s": round(total_ms / 1000.0, 2) if isinstance(total_ms, (int, float)) else None,
         }
-
-
-def read_job_file(path: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """The async job file's record; None when there is no file. A file being rewritten reads as running."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return {"started": True, "finished": False}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {"started": True, "finished": False}
-    return data if isinstance(data, dict) else {"started": True, "finished": False}
-
-
-def job_finished(record: t.Mapping[str, t.Any]) -> bool:
-    """async_wrapper's record is {started, finished: false} until the module's own result replaces it."""
-    return "started" not in record or bool(record.get("finished"))
-
-
-def module_result(record: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    return {key: value for key, value in record.items() if key not in ASYNC_KEYS and not key.startswith("_ansible_")}
 
 
 class SpeedSetter:
@@ -280,14 +258,14 @@ class ActionModule(ActionBase):
             manifest = ensure_manifest(self.args["manifest_path"], self.args["workflow"], Updates()).after
         except ManifestError as exc:
             raise AnsibleActionFail(str(exc)) from None
-        now = self._clock()
+        deadline = self._clock() + self.args["migration_timeout_s"] + JOB_GRACE_S
         # Killed between recording a move running and recording its job: its migration may be going on.
         for move in manifest.moves:
             if move.state == RUNNING and not move.job_id:
-                self._wait_for_libvirt_job(move.vm, move.from_host, now + self.args["migration_timeout_s"] + JOB_GRACE_S)
+                self._wait_for_libvirt_job(move.vm, move.from_host, deadline)
         return [
             Job(ScheduledMove(index, move.vm, move.uuid, move.from_host, move.to_host, 1), move.job_id, None,
-                deadline=now + self.args["migration_timeout_s"] + JOB_GRACE_S, interrupted=True)
+                deadline=deadline, interrupted=True)
             for index, move in enumerate(manifest.moves)
             if move.state == RUNNING and move.job_id
         ]
@@ -402,8 +380,7 @@ class ActionModule(ActionBase):
         if record is None:
             job.status = "unknown"
             job.ended_s = self._elapsed()
-            job.msg = ("no job file for job id %s in %s: the job was started on another controller or host, or its "
-                       "file was already cleaned up" % (job.jid, self.async_dir))
+            job.msg = missing_job_message(job.jid, self.async_dir)
             display.display("  %s: status unknown: %s" % (job.label, job.msg))
             return
         if not job_finished(record):
