@@ -105,6 +105,7 @@ ecosystem_check ansible-lint ansible-lint --offline --profile production roles p
 ecosystem_check mypy bash -c 'cd ../../.. && mypy --python-version 3.11 --ignore-missing-imports \
   --explicit-package-bases --namespace-packages -p ansible_collections.strata.migration.plugins.module_utils \
   -p ansible_collections.strata.migration.plugins.plugin_utils'
+ecosystem_check migration-options bash tests/ecosystem/migration_options.sh --check
 ecosystem_check collection-docs bash tests/ecosystem/reference.sh --check
 ecosystem_check changelog bash tests/ecosystem/changelog.sh
 ecosystem_check execution-environment bash tests/ecosystem/execution_environment.sh

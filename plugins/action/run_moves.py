@@ -31,13 +31,16 @@ from ansible_collections.strata.migration.plugins.module_utils._manifest import 
     Updates,
     ensure_manifest,
 )
+from ansible_collections.strata.migration.plugins.module_utils._migration_options import (
+    argument_spec,
+    per_move_option_names,
+)
 from ansible_collections.strata.migration.plugins.module_utils._progress import (
     TRANSFER_PHASES,
     Progress,
     progress_line,
     read_progress,
 )
-from ansible_collections.strata.migration.plugins.modules.live_migrate import ARGUMENT_SPEC as MIGRATE_SPEC
 from ansible_collections.strata.migration.plugins.modules.run_moves import ARGUMENT_SPEC
 from ansible_collections.strata.migration.plugins.plugin_utils._async_jobs import (
     job_finished,
@@ -55,11 +58,9 @@ from ansible_collections.strata.migration.plugins.plugin_utils._scheduler import
 
 display = Display()
 
-# live_migrate's options the controller sets for each move; the rest come from `migration`.
-PER_MOVE_OPTIONS = frozenset((
-    "name", "uri", "dest_uri", "migrate_uri", "timeout_s", "connect_timeout_s", "progress_file",
-    "dest_capacity_mib", "reserve_mib",
-))
+# live_migrate's options, declared once; the controller sets the per-move ones (and the connection's).
+MIGRATE_SPEC = argument_spec()
+PER_MOVE_OPTIONS = per_move_option_names() | {"uri", "connect_timeout_s"}
 # A background job may outlive the migration's own bound by this much (preparation, post-copy recovery, restore).
 JOB_GRACE_S = 900
 # How often the jobs' files are looked at: cheap local reads, so that a free slot is filled at once.

@@ -130,6 +130,7 @@ class EngineOptions:
     max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS
     bandwidth_mibps: int = 0
     switchover_bandwidth_mibps: int = 0
+    postcopy_bandwidth_mibps: int = 0
     timeout_s: int = DEFAULT_TIMEOUT_S
     allow_postcopy: bool = False
     # None: where the source is known safe for it (_throttle.cap_by_default).
@@ -160,6 +161,7 @@ def engine_options(
     max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS,
     bandwidth_mibps: int = 0,
     switchover_bandwidth_mibps: int = 0,
+    postcopy_bandwidth_mibps: int = 0,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     allow_postcopy: bool = False,
     cap_vcpus: t.Optional[bool] = None,
@@ -190,6 +192,7 @@ def engine_options(
     _at_least(max_downtime_ms, 1, "max_downtime_ms", " ms")
     _at_least(bandwidth_mibps, 0, "bandwidth_mibps", " MiB/s (0 = unlimited)")
     _at_least(switchover_bandwidth_mibps, 0, "switchover_bandwidth_mibps", " MiB/s (0 = QEMU's own estimate)")
+    _at_least(postcopy_bandwidth_mibps, 0, "postcopy_bandwidth_mibps", " MiB/s (0 = as bandwidth_mibps)")
     _at_least(timeout_s, 1, "timeout_s", " s")
     _at_least(parallel_connections, 1, "parallel_connections")
     _at_least(stall_timeout_s, 1, "stall_timeout_s", " s")
@@ -237,6 +240,7 @@ def engine_options(
         max_downtime_ms=int(max_downtime_ms),
         bandwidth_mibps=int(bandwidth_mibps),
         switchover_bandwidth_mibps=int(switchover_bandwidth_mibps),
+        postcopy_bandwidth_mibps=int(postcopy_bandwidth_mibps),
         timeout_s=int(timeout_s),
         allow_postcopy=bool(allow_postcopy),
         cap_vcpus=None if cap_vcpus is None else bool(cap_vcpus),
@@ -419,9 +423,9 @@ def plan_migration(
 
     if hot_layer == HOT_LAYER_POSTCOPY:
         flags |= MIGRATE_POSTCOPY
-        if options.bandwidth_mibps:
-            # The cap holds after the switch too; QEMU's post-copy speed is unlimited by default.
-            params["bandwidth.postcopy"] = options.bandwidth_mibps
+        # The cap holds after the switch too unless post-copy has its own; QEMU's is unlimited by default.
+        if options.postcopy_bandwidth_mibps or options.bandwidth_mibps:
+            params["bandwidth.postcopy"] = options.postcopy_bandwidth_mibps or options.bandwidth_mibps
     elif hot_layer == HOT_LAYER_THROTTLE:
         # Auto-converge throttles only a guest that dirties faster than half of what is sent,
         # so it is a safety net for a predicted pre-copy too.

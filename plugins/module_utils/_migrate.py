@@ -148,6 +148,12 @@ class CompactionSettings:
     timeout_s: int = 60
 
 
+def compaction_settings(compact: t.Optional[bool] = None, compact_headroom_mib: int = 64,
+                        compact_timeout_s: int = 60) -> CompactionSettings:
+    """The compaction around a migration, from live_migrate's option names."""
+    return CompactionSettings(compact=compact, headroom_mib=compact_headroom_mib, timeout_s=compact_timeout_s)
+
+
 class LibvirtMigrationJob:
     """A peer-to-peer migrateToURI3 call running in a thread, watched through the source domain.
 

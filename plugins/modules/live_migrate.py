@@ -44,6 +44,7 @@ author:
   - strata.migration developers (@strata-migration)
 extends_documentation_fragment:
   - strata.migration.connection
+  - strata.migration.migration_options
 attributes:
   check_mode:
     description: Measures, checks and predicts; migrates nothing and changes no balloon.
@@ -51,240 +52,6 @@ attributes:
   diff_mode:
     description: Returns no diff; RV(placement) shows where the domain ended.
     support: none
-options:
-  name:
-    description:
-      - Name of the domain to migrate. It runs on the source host, the one O(uri) connects to.
-    type: str
-    required: true
-  dest_uri:
-    description:
-      - libvirt connection URI of the destination host, in the same form as O(uri), opened with the same
-        O(connect_timeout_s). A password in it is never shown in output.
-    type: str
-    required: true
-  peer_uri:
-    description:
-      - The destination's libvirt URI as the source host reaches it, for the peer-to-peer migration. Defaults to
-        O(dest_uri); set it when the controller and the source host reach the destination differently (for example
-        V(qemu+tls://hv2.internal/system) between hypervisors).
-    type: str
-  migrate_uri:
-    description:
-      - Address of the migration data channel, for example V(tcp://10.0.0.12) for a dedicated migration network.
-        Default is the destination's C(migration_address) from its C(qemu.conf), or its hostname.
-    type: str
-  strategy:
-    description:
-      - V(auto) picks from the prediction; V(precopy) when it converges within O(max_downtime_ms), otherwise
-        V(layered) (or V(postcopy) when that keeps the guest dependent on both hosts for less time, with
-        O(allow_postcopy=true)). Without a measurement (O(measure_dirty_rate_s=0)) it is V(layered).
-      - V(precopy) is QEMU's pre-copy alone; shaking is reported but nothing is done about it, and the guards end a
-        migration that does not converge.
-      - V(layered) is pre-copy with the hot layer as the description says.
-      - V(postcopy) switches to post-copy as soon as the first pass is done; it needs O(allow_postcopy=true).
-    type: str
-    choices: [auto, precopy, layered, postcopy]
-    default: auto
-  max_downtime_ms:
-    description:
-      - The pause of the guest aimed for at the switch-over, in milliseconds (QEMU's downtime limit). QEMU switches
-        over once it estimates the rest can be sent within it, so the measured downtime (RV(stats.downtime_ms)) can be
-        somewhat longer (up to 350 ms against 300 on the lab).
-    type: int
-    default: 300
-  bandwidth_mibps:
-    description:
-      - Cap on the migration stream in MiB/s, also after a post-copy switch. V(0) leaves the domain's libvirt
-        setting (unlimited by default).
-    type: int
-    default: 0
-  switchover_bandwidth_mibps:
-    description:
-      - The bandwidth in MiB/s the link guarantees for the final phase. QEMU then judges whether the rest fits
-        O(max_downtime_ms) at that bandwidth instead of at its own estimate of what it sent, which zero pages or a
-        busy migration thread can make far lower, keeping a job going that could end.
-      - Give only what the link really delivers, not a cap above it; judged at more, the pause overruns its target.
-      - Passed where the source runs libvirt 11.1 and QEMU 8.2 or newer (libvirt's C(bandwidth.avail.switchover));
-        elsewhere it is left out and RV(strategy.features) says why. V(0) leaves QEMU's estimate.
-    type: int
-    default: 0
-  timeout_s:
-    description:
-      - Bound on the whole migration job in seconds; reaching it before post-copy aborts the job and the domain
-        stays on its source.
-    type: int
-    default: 600
-  stall_timeout_s:
-    description:
-      - Abort the job when no memory was sent for this many seconds (a hung network or destination).
-    type: int
-    default: 30
-  max_transfer_ratio:
-    description:
-      - Abort the job when it has sent more than this many times the guest's memory.
-    type: float
-    default: 8.0
-  shaking_iterations:
-    description:
-      - How many passes what is left must fail to shrink (by 10%) before shaking is declared.
-    type: int
-    default: 3
-  compact:
-    description:
-      - Balloon the guest down to its working set plus O(compact_headroom_mib) before migrating, and give the memory
-        back on the destination afterwards.
-      - Default is on when the domain has a balloon that reports guest statistics, off otherwise. V(true) makes a
-        domain without them fail; V(false) never compacts.
-    type: bool
-  compact_headroom_mib:
-    description:
-      - Memory left free in the guest by compaction, beyond what it uses (MiB).
-    type: int
-    default: 64
-  compact_timeout_s:
-    description:
-      - Bound on the balloon's move, before and after the migration, in seconds.
-    type: int
-    default: 60
-  allow_postcopy:
-    description:
-      - Allow switching to post-copy. While post-copy runs the guest executes on the destination and fetches
-        missing pages from the source; if either host or the network between them fails then, the guest is lost.
-        So it is off unless you choose it.
-    type: bool
-    default: false
-  cap_vcpus:
-    description:
-      - Without post-copy, cap the guest's vCPUs (libvirt's vCPU bandwidth, which needs the cgroup cpu controller
-        on the source) from before the job to its end when pre-copy alone would not converge, so the hot set is
-        slowed from the first page instead of from auto-converge's third pass; see C(vcpu_cap) in the result.
-      - Unset, the cap runs where the source is known to track guest writes exactly while a vCPU is stopped, that
-        is for C(kvm) domains, and for C(qemu) (TCG-emulated) domains on QEMU 9.0 or later. Older QEMU under TCG
-        can lose a guest write made while the migration syncs its dirty bitmap (fixed upstream in QEMU 9.0), the
-        likely cause of two guest kernel crashes in about 150 capped migrations of such guests; none in 243 on
-        QEMU 10.0. On such a source the timeline says why the guest was not capped.
-      - The QEMU version is the one libvirt reports for the source host's binary; a guest started before an
-        upgrade in place runs the old QEMU until it is restarted or migrated, so give it V(false).
-      - V(true) caps wherever the source can, V(false) never.
-    type: bool
-  postcopy_recovery_timeout_s:
-    description:
-      - When the connection between the hosts breaks during post-copy, the guest waits on the destination for pages
-        that only the source holds, and libvirt pauses the source. The module then keeps trying to resume the
-        migration (libvirt's post-copy resume, every 5 s) for up to this many seconds; V(0) does not try.
-      - A later run of the task on a domain left in that state resumes the migration instead of starting one.
-    type: int
-    default: 300
-  parallel_connections:
-    description:
-      - Number of parallel connections for the memory stream (QEMU multifd). V(1) is one stream. Parallel
-        connections exclude XBZRLE.
-    type: int
-    default: 1
-  compression:
-    description:
-      - Compression methods for the memory stream (V(xbzrle), V(mt), V(zlib), V(zstd); not all combinations are
-        valid in QEMU). Default lets the engine choose (XBZRLE for a predicted hot layer without post-copy; once
-        the live statistics show it saving less than a quarter of what its pages would cost whole, as with pages
-        rewritten with fresh data, its cache shrinks to 16 MiB and C(verdict) in RV(stats.compression) says so); an
-        empty list turns compression off.
-    type: list
-    elements: str
-  tls:
-    description:
-      - Encrypt the migration data channel with TLS. Both hosts need libvirt's migration TLS certificates.
-    type: bool
-    default: false
-  copy_storage:
-    description:
-      - Take local disks along (storage migration). libvirt first copies each disk into the destination pool whose
-        folder holds the same path (it creates the volume there), keeps the copy in step with the guest's writes,
-        then moves memory. libvirt creates each copy fully allocated before copying, so a copy never runs out of
-        space once started; the pre-flight V(storage) check fails for a destination pool with less free space than
-        the size of the disks copied into it, and for a local disk while this is V(none).
-      - V(none) copies nothing; every disk must be shared or already on the destination. V(all) copies the whole
-        of each disk. V(incremental) copies only the top image of each disk, whose backing files must already be
-        on the destination.
-      - O(bandwidth_mibps) caps the disk copy too; with several disks, it is shared among them, then handed back
-        whole to memory once the disks are in sync.
-      - When the copy fails, the domain keeps running on its source, and the volumes the copy created on the
-        destination are deleted. After success, the source's images of the copied disks are deleted (with
-        O(persist=true), once the domain is verified running and defined on the destination only), unless
-        O(keep_source_disks=true). Either way RV(removed_volumes) lists them.
-    type: str
-    choices: [none, all, incremental]
-    default: none
-  keep_source_disks:
-    description:
-      - Keep the source's images of the disks a storage copy took along (libvirt's own behaviour). They are stale
-        copies once the domain runs on the destination, and an image left at the same path makes a later move back
-        to that host see it as already there.
-    type: bool
-    default: false
-  migrate_disks:
-    description:
-      - Targets (such as V(vda)) of the local disks to copy with O(copy_storage). Default every local writable
-        disk. A local disk left out fails the V(storage) check, since the guest would lose it; a disk the
-        destination already reaches must not be named, since the copy would write over it.
-    type: list
-    elements: str
-  allow_unsafe:
-    description:
-      - Let libvirt migrate disks it cannot prove safe (its C(--unsafe)). libvirt refuses a disk image in a folder
-        both hosts see unless it knows the filesystem is shared (NFS, GFS2, OCFS2, CephFS, GlusterFS, GPFS), and
-        a disk whose cache mode is not C(none) or C(directsync).
-      - Only for storage both hosts really share with a consistent cache, such as a cluster filesystem libvirt does
-        not recognize. Otherwise the guest's disk is corrupted.
-    type: bool
-    default: false
-  persist:
-    description:
-      - Define the domain on the destination and undefine it on the source. With V(false) the domain is transient
-        on the destination and its definition stays on the source (shut off).
-    type: bool
-    default: true
-  preflight:
-    description:
-      - Refuse to start when a pre-flight check fails (see M(strata.migration.preflight)). With V(false) failed
-        checks are reported and the migration is tried anyway, except V(distinct_hosts) and V(domain_running).
-    type: bool
-    default: true
-  measure_dirty_rate_s:
-    description:
-      - Seconds to measure the dirty rate before migrating (V(0) skips it, and the prediction with it).
-    type: int
-    default: 1
-  dest_capacity_mib:
-    description:
-      - Memory of the destination that guests may use (MiB), for the pre-flight memory check.
-    type: int
-  reserve_mib:
-    description:
-      - Memory the pre-flight memory check keeps free on the destination (MiB).
-    type: int
-    default: 0
-  qemu_overhead_mib:
-    description:
-      - QEMU's own share of a domain's resident memory on this host kind (MiB), to estimate the memory a migration
-        sends from the resident memory; see M(strata.migration.preflight).
-    type: int
-  progress_file:
-    description:
-      - Keep a small JSON record of the migration's progress in this file, for a task that watches a migration
-        started with C(async) and C(poll=0) (such as M(strata.migration.migration_wait)). The file is on the host the
-        module runs on (the controller with C(delegate_to=localhost)); use an absolute path.
-      - "The record: C(domain); C(phase), one of V(preparing) (measure, pre-flight checks, compaction), V(migrating)
-        (pre-copy), V(postcopy) (after the switch), V(verifying) (placement check, memory given back), V(done) or
-        V(failed); C(percent) (share of guest memory not left to send, 0 to 100; 100 once done),
-        C(remaining_mib), C(transferred_mib) and C(pass) (the job's memory iteration), each null when unknown;
-        C(elapsed_s) since the task started; C(updated), the UTC time of the record in ISO 8601."
-      - It is rewritten atomically (a temporary file in the same directory, then a rename) at each phase change and
-        at most once per second while the job runs. A task that fails for any reason leaves V(failed).
-      - The directory must exist and be writable, or the task fails before anything is done. Errors while writing
-        later are ignored, since progress is advisory and never stops a migration.
-      - In check mode the file is not written.
-    type: path
 notes:
   - The hosts need libvirt's peer-to-peer migration between them (the source libvirtd opens O(peer_uri)).
   - Disks must be shared between the hosts; the pre-flight V(storage) check refuses local disks.
@@ -577,59 +344,21 @@ running_on:
 """
 
 from ansible_collections.strata.migration.plugins.module_utils._base import StrataModule
-from ansible_collections.strata.migration.plugins.module_utils._engine import (
-    COPY_STORAGE_CHOICES,
-    DEFAULT_MAX_TRANSFER_RATIO,
-    STRATEGY_CHOICES,
-    engine_options,
-)
+from ansible_collections.strata.migration.plugins.module_utils._engine import engine_options
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     LibvirtClient,
     LibvirtError,
     StrataError,
 )
 from ansible_collections.strata.migration.plugins.module_utils._migrate import (
-    CompactionSettings,
     check_progress_file,
+    compaction_settings,
     run_live_migration,
 )
+from ansible_collections.strata.migration.plugins.module_utils._migration_options import argument_spec, given
 from ansible_collections.strata.migration.plugins.module_utils._preflight import preflight_options
 
-
-ARGUMENT_SPEC: dict = {
-    "name": {"type": "str", "required": True},
-    "dest_uri": {"type": "str", "required": True},
-    "peer_uri": {"type": "str"},
-    "migrate_uri": {"type": "str"},
-    "strategy": {"type": "str", "default": "auto", "choices": list(STRATEGY_CHOICES)},
-    "max_downtime_ms": {"type": "int", "default": 300},
-    "bandwidth_mibps": {"type": "int", "default": 0},
-    "switchover_bandwidth_mibps": {"type": "int", "default": 0},
-    "timeout_s": {"type": "int", "default": 600},
-    "stall_timeout_s": {"type": "int", "default": 30},
-    "max_transfer_ratio": {"type": "float", "default": DEFAULT_MAX_TRANSFER_RATIO},
-    "shaking_iterations": {"type": "int", "default": 3},
-    "compact": {"type": "bool"},
-    "compact_headroom_mib": {"type": "int", "default": 64},
-    "compact_timeout_s": {"type": "int", "default": 60},
-    "allow_postcopy": {"type": "bool", "default": False},
-    "cap_vcpus": {"type": "bool"},
-    "postcopy_recovery_timeout_s": {"type": "int", "default": 300},
-    "parallel_connections": {"type": "int", "default": 1},
-    "compression": {"type": "list", "elements": "str"},
-    "tls": {"type": "bool", "default": False},
-    "copy_storage": {"type": "str", "default": "none", "choices": list(COPY_STORAGE_CHOICES)},
-    "migrate_disks": {"type": "list", "elements": "str"},
-    "allow_unsafe": {"type": "bool", "default": False},
-    "keep_source_disks": {"type": "bool", "default": False},
-    "persist": {"type": "bool", "default": True},
-    "preflight": {"type": "bool", "default": True},
-    "measure_dirty_rate_s": {"type": "int", "default": 1},
-    "dest_capacity_mib": {"type": "int"},
-    "reserve_mib": {"type": "int", "default": 0},
-    "qemu_overhead_mib": {"type": "int"},
-    "progress_file": {"type": "path"},
-}
+ARGUMENT_SPEC = argument_spec()
 
 
 def main() -> None:
@@ -637,47 +366,11 @@ def main() -> None:
     params = module.params
     result = {"domain": params["name"], "timeline": []}
     try:
-        options = engine_options(
-            strategy=params["strategy"],
-            max_downtime_ms=params["max_downtime_ms"],
-            bandwidth_mibps=params["bandwidth_mibps"],
-            switchover_bandwidth_mibps=params["switchover_bandwidth_mibps"],
-            timeout_s=params["timeout_s"],
-            allow_postcopy=params["allow_postcopy"],
-            cap_vcpus=params["cap_vcpus"],
-            parallel_connections=params["parallel_connections"],
-            compression=params["compression"],
-            tls=params["tls"],
-            migrate_uri=params["migrate_uri"],
-            persist=params["persist"],
-            stall_timeout_s=params["stall_timeout_s"],
-            max_transfer_ratio=params["max_transfer_ratio"],
-            shaking_iterations=params["shaking_iterations"],
-            copy_storage=params["copy_storage"],
-            migrate_disks=params["migrate_disks"],
-            allow_unsafe=params["allow_unsafe"],
-            keep_source_disks=params["keep_source_disks"],
-        )
-        compaction = CompactionSettings(
-            compact=params["compact"],
-            headroom_mib=params["compact_headroom_mib"],
-            timeout_s=params["compact_timeout_s"],
-        )
-        checks = preflight_options(
-            name=params["name"],
-            dest_uri=params["dest_uri"],
-            reserve_mib=params["reserve_mib"],
-            dest_capacity_mib=params["dest_capacity_mib"],
-            compaction_restore=params["compact"] is not False,
-            measure_dirty_rate_s=params["measure_dirty_rate_s"],
-            bandwidth_mibps=params["bandwidth_mibps"],
-            max_downtime_ms=params["max_downtime_ms"],
-            allow_postcopy=params["allow_postcopy"],
-            qemu_overhead_mib=params["qemu_overhead_mib"],
-            copy_storage=params["copy_storage"],
-            migrate_disks=params["migrate_disks"],
-            allow_unsafe=params["allow_unsafe"],
-        )
+        # Each part takes the declared options its signature names (_migration_options).
+        options = engine_options(**given(params, engine_options))
+        compaction = compaction_settings(**given(params, compaction_settings))
+        checks = preflight_options(compaction_restore=params["compact"] is not False,
+                                   **given(params, preflight_options))
         progress_file = check_progress_file(params["progress_file"]) if params["progress_file"] else None
         with LibvirtClient(params["dest_uri"], params["connect_timeout_s"]) as destination:
             result = run_live_migration(

@@ -329,6 +329,14 @@ def test_postcopy_keeps_the_bandwidth_cap_after_the_switch():
     assert result.params == {"bandwidth": 60, "bandwidth.postcopy": 60}
 
 
+def test_postcopy_can_have_a_bandwidth_of_its_own():
+    result = plan(None, strategy="layered", allow_postcopy=True, bandwidth_mibps=60, postcopy_bandwidth_mibps=200)
+    assert result.params == {"bandwidth": 60, "bandwidth.postcopy": 200}
+    # Without a pre-copy cap, post-copy still gets its own.
+    result = plan(None, strategy="layered", allow_postcopy=True, postcopy_bandwidth_mibps=200)
+    assert result.params == {"bandwidth.postcopy": 200}
+
+
 def test_bandwidth_without_postcopy_caps_pre_copy_only():
     result = plan(None, strategy="precopy", bandwidth_mibps=60)
     assert result.params == {"bandwidth": 60}
