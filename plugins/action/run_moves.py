@@ -36,10 +36,20 @@ from ansible_collections.strata.migration.plugins.module_utils._migration_option
     per_move_option_names,
 )
 from ansible_collections.strata.migration.plugins.module_utils._progress import (
+    MIGRATED_PHASES,
     TRANSFER_PHASES,
     Progress,
     progress_line,
     read_progress,
+)
+from ansible_collections.strata.migration.plugins.module_utils._start_signal import (
+    CANCEL,
+    HEARTBEAT_STALE_S,
+    START,
+    WAIT,
+    StartSignal,
+    refresh_start_signal,
+    write_start_signal,
 )
 from ansible_collections.strata.migration.plugins.modules.run_moves import ARGUMENT_SPEC
 from ansible_collections.strata.migration.plugins.plugin_utils._async_jobs import (
@@ -64,7 +74,7 @@ PER_MOVE_OPTIONS = per_move_option_names() | {"uri", "connect_timeout_s"}
 # A background job may outlive the migration's own bound by this much (preparation, post-copy recovery, restore).
 JOB_GRACE_S = 900
 # How often the jobs' files are looked at: cheap local reads, so that a free slot is filled at once.
-CHECK_INTERVAL_S = 0.25
+CHECK_INTERVAL_S = 0.1
 # async_wrapper may return before its job writes the job file (it waits 2.5 s at most): a job this
 # task started counts as starting, not lost, for this long without its file.
 JOB_FILE_GRACE_S = 60
@@ -89,6 +99,11 @@ class Job:
     ended_s: t.Optional[float] = None
     progress: t.Optional[Progress] = None
     launched_at: t.Optional[float] = None
+    # Launched ahead of its slot: the job prepares, then waits for its start file to say start.
+    start_file: t.Optional[str] = None
+    parked: bool = False
+    # The migration has completed (the job only tidies up): its slot went to the next move.
+    slot_freed: bool = False
 
     @property
     def label(self) -> str:
@@ -197,7 +212,10 @@ class ActionModule(ActionBase):
             self._watch(interrupted, None)
             self._watch(jobs, scheduler)
         finally:
-            shutil.rmtree(self.progress_dir, ignore_errors=True)
+            # A job told to start may not have read its start file yet (a killed playbook ends the
+            # watch at any time): the directory stays while jobs run, in the temporary directory.
+            if not any(job.status in ("running", "past_bound") for job in jobs):
+                shutil.rmtree(self.progress_dir, ignore_errors=True)
             self.speeds.close()
         result["moves"] = [job.report() for job in jobs]
         result["changed"] = any(job.status == "finished" and bool(job.result.get("changed")) for job in jobs)
@@ -304,16 +322,15 @@ class ActionModule(ActionBase):
     def _elapsed(self) -> float:
         return round(self._clock() - self.started_at, 2)
 
-    def _start(self, move: ScheduledMove, transferring: t.Sequence[ScheduledMove]) -> Job:
-        """Record the move running, start its job, record the job's id."""
-        refused = self._record(Updates(started=[{"vm": move.vm, "uuid": move.uuid}]))
-        if refused is not None:
-            job = Job(move, None, None, 0, started_s=None, status="failed",
-                      msg="not started, the manifest cannot record it: %s" % refused)
-            display.display("  %s: %s" % (job.label, job.msg))
-            return job
+    def _launch(self, move: ScheduledMove) -> Job:
+        """Start the move's job ahead of its slot: it connects and measures, then waits for _go."""
+        start_file = os.path.join(self.progress_dir, "%s.start" % move.vm)
         progress_file = os.path.join(self.progress_dir, "%s.json" % move.vm)
-        share = bandwidth_share_mibps(self.budget_mibps, move, list(transferring) + [move])
+        bound_s = self.args["migration_timeout_s"] + JOB_GRACE_S
+        # The job waits for its start at most one migration's bound: the slot it waits for frees by then.
+        if not write_start_signal(start_file, StartSignal(WAIT, None, time.time() + bound_s)):
+            return Job(move, None, None, 0, status="failed", msg="not started: its start file %s cannot be written "
+                       "(is the controller's temporary directory full?)" % start_file)
         target = self.hosts[move.target]
         module_args = dict(self.migration)
         module_args.update(
@@ -323,28 +340,49 @@ class ActionModule(ActionBase):
             connect_timeout_s=self.args["connect_timeout_s"],
             timeout_s=self.args["migration_timeout_s"],
             progress_file=progress_file,
+            start_file=start_file,
         )
-        if share:
-            module_args["bandwidth_mibps"] = share
         if self.args["migrate_uris"].get(move.target):
             module_args["migrate_uri"] = self.args["migrate_uris"][move.target]
         for option, key in (("dest_capacity_mib", "memory_capacity_mib"), ("reserve_mib", "reserve_mib")):
             if target.get(key) is not None:
                 module_args[option] = target[key]
-        bound_s = self.args["migration_timeout_s"] + JOB_GRACE_S
-        job = Job(move, None, progress_file, deadline=self._clock() + bound_s + 60, started_s=self._elapsed(),
-                  bandwidth_mibps=share)
+        job = Job(move, None, progress_file, deadline=self._clock() + 2 * bound_s + 60, start_file=start_file,
+                  parked=True)
         job.launched_at = self._clock()
-        raw = self._start_background(module_args, bound_s)
+        raw = self._start_background(module_args, 2 * bound_s)
         job.jid = raw.get("ansible_job_id")
         if raw.get("failed") or not job.jid:
-            self._end(job, {"failed": True, "msg": "the migration did not start: %s" % raw.get("msg", "no message")})
-            return job
+            job.status = "failed"
+            job.msg = "not started: its job could not be launched: %s" % raw.get("msg", "no message")
+        return job
+
+    def _go(self, job: Job, holding_slots: t.Sequence[Job]) -> None:
+        """Record the move running with its job, then tell the job to start, with its share of the bandwidth."""
+        move = job.move
         refused = self._record(Updates(started=[{"vm": move.vm, "uuid": move.uuid, "job_id": job.jid}]))
         if refused is not None:
-            display.warning("%s: the manifest cannot record job %s: %s" % (job.label, job.jid, refused))
+            self._cancel([job])
+            job.status = "failed"
+            job.msg = "not started, the manifest cannot record it: %s" % refused
+            display.display("  %s: %s" % (job.label, job.msg))
+            return
+        share = bandwidth_share_mibps(self.budget_mibps, move, [other.move for other in holding_slots] + [move])
+        job.parked = False
+        job.started_s = self._elapsed()
+        job.bandwidth_mibps = share
+        signal = StartSignal(START, share if self.budget_mibps else None, time.time() + JOB_GRACE_S)
+        if not write_start_signal(t.cast(str, job.start_file), signal):
+            # The job gives up once its file goes stale; the manifest then records how it ended.
+            display.warning("%s: its start file %s cannot be written; the job gives up within %d s"
+                            % (job.label, job.start_file, HEARTBEAT_STALE_S))
         display.display("  %s: started%s" % (job.label, " at %s MiB/s" % share if share else ""))
-        return job
+
+    def _cancel(self, jobs: t.Iterable[Job]) -> None:
+        """Jobs launched ahead that will not start: they end at once, having changed nothing."""
+        for job in jobs:
+            if job.start_file is not None:
+                write_start_signal(job.start_file, StartSignal(CANCEL, None, time.time()))
 
     def _start_background(self, module_args: t.Dict[str, t.Any], bound_s: int) -> t.Dict[str, t.Any]:
         """live_migrate as an async job (async_wrapper), as a task with async and poll 0 would start it."""
@@ -378,6 +416,11 @@ class ActionModule(ActionBase):
         record = read_job_file(os.path.join(self.async_dir, job.jid or ""))
         if record is None and job.launched_at is not None and self._clock() - job.launched_at < JOB_FILE_GRACE_S:
             return  # still starting
+        if record is None and job.parked:
+            # A job that never had its start changed nothing: the move fails without guessing.
+            job.status = "failed"
+            job.msg = "not started: %s" % missing_job_message(job.jid, self.async_dir)
+            return
         if record is None:
             job.status = "unknown"
             job.ended_s = self._elapsed()
@@ -392,11 +435,76 @@ class ActionModule(ActionBase):
                 display.display("  %s: still running past its bound" % job.label)
                 job.status = "past_bound"
             return
-        self._end(job, module_result(record))
+        if job.parked:
+            job.result = module_result(record)
+            job.status = "failed"
+            job.msg = str(job.result.get("msg") or "ended before its start without a message")
+        else:
+            self._end(job, module_result(record))
         try:
             os.unlink(os.path.join(self.async_dir, job.jid or ""))
         except OSError as exc:
             display.warning("could not remove the job file of %s (job %s): %s" % (job.label, job.jid, exc))
+
+    def _free_slot(self, job: Job, scheduler: MoveScheduler) -> None:
+        """Once a move's copy is over its slot goes to the next move; once its guest has arrived (or its job
+        ended) it no longer holds back moves into its source."""
+        phase = job.progress.phase if job.progress is not None else None
+        ended = job.status != "running" or phase in MIGRATED_PHASES
+        if not job.slot_freed and (ended or phase == "switching") and job.move in scheduler.running:
+            scheduler.release(job.move)
+            job.slot_freed = True
+        if ended and job.move in scheduler.released:
+            scheduler.end(job.move)
+
+    def _start_free_slots(self, scheduler: MoveScheduler, jobs: t.List[Job], running: t.List[Job],
+                          parked: t.Dict[str, Job]) -> None:
+        """Start every move a slot is free for: its job launched ahead if there is one, else launched now."""
+        for move in scheduler.startable():
+            scheduler.start(move)
+            job = parked.pop(move.vm, None) or self._launch(move)
+            if job.status == "running":
+                self._go(job, [other for other in running if not other.slot_freed])
+            jobs.append(job)
+            if job.status == "running":
+                running.append(job)
+            else:
+                self._record_unstarted(job)
+                scheduler.end(move)
+
+    def _launch_ahead(self, scheduler: MoveScheduler, jobs: t.List[Job], parked: t.Dict[str, Job]) -> None:
+        """Launch the next waiting moves' jobs, at most as many per source host and in all as may run at once."""
+        per_source: t.Dict[str, int] = {}
+        for job in parked.values():
+            per_source[job.move.source] = per_source.get(job.move.source, 0) + 1
+        for move in list(scheduler.waiting):
+            if len(parked) >= self.args["max_parallel_total"]:
+                return
+            if move.vm in parked or per_source.get(move.source, 0) >= self.args["max_parallel_per_host"]:
+                continue
+            job = self._launch(move)
+            if job.status != "running":
+                self._ended_unstarted(job, scheduler, jobs)
+                continue
+            parked[move.vm] = job
+            per_source[move.source] = per_source.get(move.source, 0) + 1
+
+    def _ended_unstarted(self, job: Job, scheduler: MoveScheduler, jobs: t.List[Job]) -> None:
+        """A move whose job could not be launched, or ended before its start: it fails, the others go on."""
+        if job.move in scheduler.waiting:
+            scheduler.start(job.move)
+            scheduler.end(job.move)
+        jobs.append(job)
+        self._record_unstarted(job)
+
+    def _record_unstarted(self, job: Job) -> None:
+        if job.ended_s is None:
+            job.ended_s = self._elapsed()
+        refused = self._record(Updates(finished=[{"vm": job.move.vm, "uuid": job.move.uuid,
+                                                  "result": job.result or {"failed": True, "msg": job.msg}}]))
+        if refused is not None:
+            display.warning("%s: the manifest cannot record that it did not start: %s" % (job.label, refused))
+        display.display("  %s: %s" % (job.label, job.msg))
 
     def _share_bandwidth(self, running: t.Sequence[Job]) -> None:
         """Give each copying move its share of its hosts' bandwidth as moves start and end."""
@@ -421,42 +529,49 @@ class ActionModule(ActionBase):
         return self._parent_pid() != self.parent_pid
 
     def _watch(self, jobs: t.List[Job], scheduler: t.Optional[MoveScheduler]) -> None:
-        """Start the scheduler's moves as slots free up (none without one), until every job has ended."""
+        """Start the scheduler's moves as slots free up (none without one), until every job has ended.
+
+        The next moves' jobs are launched ahead and wait, prepared, for their start (_launch, _go): a
+        free slot is filled within one look at the files, not after a job's start-up and measurement.
+        """
         running = [job for job in jobs if job.status == "running"]
+        parked: t.Dict[str, Job] = {}
         shown_at = self._clock()
-        while True:
-            if self._playbook_gone():
-                return
-            if scheduler is not None:
-                transferring = [job.move for job in running]
-                for move in scheduler.startable():
-                    scheduler.start(move)
-                    job = self._start(move, transferring)
-                    jobs.append(job)
-                    transferring.append(move)
-                    if job.status == "running":
-                        running.append(job)
-                    else:
-                        scheduler.end(move)
-            for job in list(running):
-                self._poll(job)
-                if job.status != "running":
-                    running.remove(job)
-                    if scheduler is not None and job.move in scheduler.running:
-                        scheduler.end(job.move)
-            self._share_bandwidth(running)
-            if not running and (scheduler is None or scheduler.finished):
-                break
-            if scheduler is not None and not running and not scheduler.startable():
-                # Cannot happen (the earliest wave never waits), but a loop that cannot end must not spin.
-                for move in list(scheduler.waiting):
-                    jobs.append(Job(move, None, None, 0, status="failed", msg="not started: its plan order could not be met"))
-                break
-            if self._clock() - shown_at >= self.args["progress_interval_s"]:
-                shown_at = self._clock()
-                for job in running:
-                    display.display(progress_line(job.label, job.progress))
-            self._sleep(CHECK_INTERVAL_S)
+        try:
+            while True:
+                if self._playbook_gone():
+                    return
+                if scheduler is not None:
+                    self._start_free_slots(scheduler, jobs, running, parked)
+                    self._launch_ahead(scheduler, jobs, parked)
+                for job in list(parked.values()):
+                    refresh_start_signal(t.cast(str, job.start_file))
+                    self._poll(job)
+                    if job.status != "running":  # it ended before its start: it changed nothing
+                        del parked[job.move.vm]
+                        self._ended_unstarted(job, t.cast(MoveScheduler, scheduler), jobs)
+                for job in list(running):
+                    self._poll(job)
+                    if scheduler is not None:
+                        self._free_slot(job, scheduler)
+                    if job.status != "running":
+                        running.remove(job)
+                self._share_bandwidth(running)
+                if not running and (scheduler is None or scheduler.finished):
+                    break
+                if scheduler is not None and not running and not scheduler.startable():
+                    # Cannot happen (the earliest wave never waits), but a loop that cannot end must not spin.
+                    for move in list(scheduler.waiting):
+                        jobs.append(Job(move, None, None, 0, status="failed",
+                                        msg="not started: its plan order could not be met"))
+                    break
+                if self._clock() - shown_at >= self.args["progress_interval_s"]:
+                    shown_at = self._clock()
+                    for job in running:
+                        display.display(progress_line(job.label, job.progress))
+                self._sleep(CHECK_INTERVAL_S)
+        finally:
+            self._cancel(parked.values())
         for job in jobs:
             if job.status == "past_bound":
                 job.status = "running"

@@ -254,15 +254,31 @@ options:
       started with C(async) and C(poll=0) (such as M(strata.migration.migration_wait)). The file is on
       the host the module runs on (the controller with C(delegate_to=localhost)); use an absolute path.
     - 'The record: C(domain); C(phase), one of V(preparing) (measure, pre-flight checks, compaction),
-      V(migrating) (pre-copy), V(postcopy) (after the switch), V(verifying) (placement check, memory given
-      back), V(done) or V(failed); C(percent) (share of guest memory not left to send, 0 to 100; 100 once
-      done), C(remaining_mib), C(transferred_mib) and C(pass) (the job''s memory iteration), each null
-      when unknown; C(elapsed_s) since the task started; C(updated), the UTC time of the record in ISO
-      8601.'
+      V(ready) (prepared, waiting for O(start_file) to say start), V(migrating) (pre-copy), V(postcopy)
+      (after the switch), V(finishing) (the job completed: memory given back on the destination, placement
+      check), V(verifying) (the job did not complete: placement check, memory given back on the source),
+      V(done) or V(failed); C(percent) (share of guest memory not left to send, 0 to 100; 100 once done),
+      C(remaining_mib), C(transferred_mib) and C(pass) (the job''s memory iteration), each null when unknown;
+      C(elapsed_s) since the task started; C(updated), the UTC time of the record in ISO 8601.'
     - It is rewritten atomically (a temporary file in the same directory, then a rename) at each phase
       change and at most once per second while the job runs. A task that fails for any reason leaves V(failed).
     - The directory must exist and be writable, or the task fails before anything is done. Errors while
       writing later are ignored, since progress is advisory and never stops a migration.
     - In check mode the file is not written.
+    type: path
+  start_file:
+    description:
+    - 'Prepare, then wait for this file to say start before anything changes. M(strata.migration.run_moves)
+      sets it: it launches a move''s job while other moves still copy, so that opening the connections
+      and measuring the dirty rate cost the workflow no time, and starts it once the move''s slot is free.'
+    - The job connects to both hosts and measures the dirty rate (O(measure_dirty_rate_s)), then waits.
+      Only after the start come the pre-flight checks, compaction and the migration; a rate older than
+      30 s by then is measured again.
+    - 'The file is a JSON record written by the controller: C(state) (V(wait), V(start) or V(cancel)),
+      C(bandwidth_mibps) (the move''s share of its hosts'' bandwidth at its start, replacing O(bandwidth_mibps);
+      null keeps it) and C(wait_until) (UNIX time). The controller refreshes the file''s modification
+      time while it runs. The task fails with nothing changed when the file says V(cancel), is missing,
+      is not refreshed for 15 s, or still says V(wait) at C(wait_until).'
+    - Ignored in check mode.
     type: path
 """

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 import typing as t
 
 from ansible_collections.strata.migration.plugins.module_utils._convergence import DEFAULT_MAX_DOWNTIME_MS, Prediction
@@ -661,8 +662,12 @@ class ShakingDetector:
 class MigrationJob(t.Protocol):
     """One migration as the monitor drives it; _migrate.LibvirtMigrationJob runs it on libvirt."""
 
-    def start(self, flags: int, params: t.Mapping[str, t.Any]) -> None:
-        """Start the migration in the background and return at once."""
+    def start(self, flags: int, params: t.Mapping[str, t.Any],
+              on_switch: t.Optional[t.Callable[[], None]] = None) -> None:
+        """Start the migration in the background and return at once.
+
+        on_switch: called (from another thread) as the source pauses for the final switch.
+        """
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to timeout_s for the migration call to return; True when it has."""
@@ -687,6 +692,9 @@ class MigrationJob(t.Protocol):
 
     def abort(self) -> None:
         """Abort the running job; the domain stays on its source."""
+
+    def switching_over(self) -> bool:
+        """True once the source paused for the final switch (the memory copy is over), until it resumes."""
 
 
 @dataclasses.dataclass
@@ -794,6 +802,8 @@ class ProgressReporter:
         self.phase: t.Optional[str] = None
         self.figures = progress_figures(None)
         self.handed_at: t.Optional[float] = None
+        # libvirt's event thread reports the switch while the monitor may report too.
+        self.lock = threading.Lock()
 
     def __call__(self, phase: str, sample: t.Optional[JobSample] = None) -> None:
         """A ProgressHook: the task is in `phase`, and `sample` (when not None) is the job's latest reading."""
@@ -805,22 +815,23 @@ class ProgressReporter:
         """Hand the record on now if the phase changed, else if `interval_s` passed since the last one."""
         if phase not in PROGRESS_PHASES:
             raise ValueError("unknown progress phase %r" % phase)
-        if figures is not None:
-            self.figures = dict(figures)
-        if self.sink is None:
-            return
-        now = self.timeline.clock()
-        if phase == self.phase and self.handed_at is not None and now - self.handed_at < self.interval_s:
-            return
-        self.phase, self.handed_at = phase, now
-        record = progress_record(
-            self.domain, phase, dict(self.figures, elapsed_s=round(now - self.timeline.started, 1)),
-            self.utcnow().astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        try:
-            self.sink(record)
-        except Exception:  # progress is advisory: it never ends a migration
-            pass
+        with self.lock:
+            if figures is not None:
+                self.figures = dict(figures)
+            if self.sink is None:
+                return
+            now = self.timeline.clock()
+            if phase == self.phase and self.handed_at is not None and now - self.handed_at < self.interval_s:
+                return
+            self.phase, self.handed_at = phase, now
+            record = progress_record(
+                self.domain, phase, dict(self.figures, elapsed_s=round(now - self.timeline.started, 1)),
+                self.utcnow().astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            try:
+                self.sink(record)
+            except Exception:  # progress is advisory: it never ends a migration
+                pass
 
     @property
     def started(self) -> bool:
@@ -1042,6 +1053,13 @@ class _Monitor:
         return None
 
 
+def _phase(job: MigrationJob, postcopy_started: bool) -> str:
+    """The progress phase of a running job."""
+    if postcopy_started:
+        return "postcopy"
+    return "switching" if job.switching_over() else "migrating"
+
+
 def monitor(
     job: MigrationJob,
     plan: MigrationPlan,
@@ -1066,7 +1084,10 @@ def monitor(
     state.job_started = timeline.clock()
     if on_progress is not None:
         on_progress("migrating", None)
-    job.start(plan.flags, plan.params)
+    # libvirt answers no statistics while it switches the guest over (seconds on a busy host): the
+    # switch is told by libvirt's event, so that a watcher can give the copy's bandwidth to other moves.
+    job.start(plan.flags, plan.params,
+              on_switch=(lambda: on_progress("switching", None)) if on_progress is not None else None)
     aborted_by = hint = None
     finished = False
     while not finished:
@@ -1077,7 +1098,7 @@ def monitor(
         if finished:
             break
         if on_progress is not None:
-            on_progress("postcopy" if state.postcopy_started else "migrating", sample)
+            on_progress(_phase(job, state.postcopy_started), sample)
         if state.postcopy_started:
             if state.job_s() >= options.timeout_s + POSTCOPY_GRACE_S:
                 state.event("guard", guard="postcopy_timeout", detail=(

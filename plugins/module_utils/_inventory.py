@@ -688,8 +688,13 @@ def _gather_domain_summaries(conn: t.Any) -> t.List[DomainSummary]:
     return sorted(summaries, key=lambda d: d.name)
 
 
-def gather_host_facts(conn: t.Any) -> HostFacts:
-    """Collect HostFacts through an open libvirt connection."""
+def gather_host_facts(conn: t.Any, identity_only: bool = False) -> HostFacts:
+    """Collect HostFacts through an open libvirt connection.
+
+    identity_only: who the host is, its versions and memory, without its domains, networks and pools
+    (empty lists): what a migration needs of its source. Listing the domains would wait for any of
+    them libvirt holds, such as one another migration is tearing down.
+    """
     info = conn.getInfo()
     caps = parse_capabilities(conn.getCapabilities())
     total, free, available, source = _host_memory(conn, info)
@@ -710,9 +715,9 @@ def gather_host_facts(conn: t.Any) -> HostFacts:
         migration_live=caps.migration_live,
         migration_uri_transports=caps.migration_uri_transports,
         guests=caps.guests,
-        networks=_gather_networks(conn),
-        storage_pools=_gather_storage_pools(conn),
-        domains=_gather_domain_summaries(conn),
+        networks=[] if identity_only else _gather_networks(conn),
+        storage_pools=[] if identity_only else _gather_storage_pools(conn),
+        domains=[] if identity_only else _gather_domain_summaries(conn),
     )
 
 
@@ -778,6 +783,93 @@ def domain_facts(dom: t.Any, domain_xml: t.Optional[str] = None) -> DomainFacts:
     )
 
 
+class DirtyRateMeasurement:
+    """QEMU's dirty-page rate calculation, started on running domains and read when it ends.
+
+    Started at once on every domain; the caller may do other work during the
+    window and then call rates(), which waits out the rest of it. The whole
+    wait is bounded by `timeout_s` seconds from the start.
+    """
+
+    def __init__(
+        self,
+        conn: t.Any,
+        domains: t.Sequence[t.Any],
+        seconds: int,
+        timeout_s: float,
+        sleep: t.Callable[[float], None] = time.sleep,
+        clock: t.Callable[[], float] = time.monotonic,
+    ) -> None:
+        if seconds < 1 or seconds > DIRTY_RATE_MAX_S:
+            raise DirtyRateError(
+                "the dirty-rate window must be 1 to %d seconds, got %s" % (DIRTY_RATE_MAX_S, seconds),
+                option="measure_dirty_rate_s",
+            )
+        if timeout_s <= seconds:
+            raise DirtyRateError(
+                "the dirty-rate timeout (%s s) must be longer than the window (%s s)" % (timeout_s, seconds),
+                option="dirty_rate_timeout_s",
+            )
+        for dom in domains:
+            state = domain_state_name(dom.state()[0])
+            if state != "running":
+                raise DomainNotRunningError(
+                    "cannot measure the dirty-page rate of domain '%s' on %s: it is %s, not running"
+                    % (dom.name(), host_label(conn), state),
+                    domain=dom.name(),
+                    state=state,
+                )
+        self.conn = conn
+        self.domains = list(domains)
+        self.seconds = seconds
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.clock = clock
+        self.started = clock()
+        for dom in domains:
+            try:
+                dom.startDirtyRateCalc(seconds, 0)
+            except LibvirtError as exc:
+                raise DirtyRateError(
+                    "cannot start measuring the dirty-page rate of domain '%s' on %s: %s; "
+                    "set measure_dirty_rate_s to 0 to skip the measurement"
+                    % (dom.name(), host_label(conn), describe_libvirt_error(exc)),
+                    domain=dom.name(),
+                    libvirt_error_code=libvirt_error_code(exc),
+                ) from exc
+
+    def rates(self) -> t.Dict[str, float]:
+        """The rates in MiB/s by domain name, once every calculation has ended."""
+        window_left_s = self.started + self.seconds - self.clock()
+        if window_left_s > 0:
+            self.sleep(window_left_s)
+        pending = {dom.name(): dom for dom in self.domains}
+        rates: t.Dict[str, float] = {}
+        while True:
+            for dom, stats in self.conn.domainListGetStats(list(pending.values()), DOMAIN_STATS_DIRTYRATE):
+                name = dom.name()
+                status = stats.get("dirtyrate.calc_status")
+                if status is None:
+                    raise DirtyRateError(
+                        "%s reported no dirty-rate statistics for domain '%s' (did it stop?); "
+                        "set measure_dirty_rate_s to 0 to skip the measurement" % (host_label(self.conn), name),
+                        domain=name,
+                    )
+                if status == DIRTYRATE_MEASURED:
+                    rates[name] = float(stats.get("dirtyrate.megabytes_per_second", 0))
+                    pending.pop(name, None)
+            if not pending:
+                return rates
+            remaining = self.started + self.timeout_s - self.clock()
+            if remaining <= 0:
+                raise DirtyRateError(
+                    "the dirty-page rate of domain(s) %s on %s was not measured within %s s (dirty_rate_timeout_s)"
+                    % (", ".join("'%s'" % n for n in sorted(pending)), host_label(self.conn), self.timeout_s),
+                    domains=sorted(pending),
+                )
+            self.sleep(min(DIRTY_RATE_POLL_S, remaining))
+
+
 def measure_dirty_rates(
     conn: t.Any,
     domains: t.Sequence[t.Any],
@@ -786,69 +878,8 @@ def measure_dirty_rates(
     sleep: t.Callable[[float], None] = time.sleep,
     clock: t.Callable[[], float] = time.monotonic,
 ) -> t.Dict[str, float]:
-    """Measure the dirty-page rate (MiB/s) of running domains, all at once.
-
-    Starts QEMU's calculation over `seconds` on every domain, then polls the
-    DIRTYRATE statistics until each reports "measured". The whole wait is
-    bounded by `timeout_s` seconds from the start.
-    """
-    if seconds < 1 or seconds > DIRTY_RATE_MAX_S:
-        raise DirtyRateError(
-            "the dirty-rate window must be 1 to %d seconds, got %s" % (DIRTY_RATE_MAX_S, seconds),
-            option="measure_dirty_rate_s",
-        )
-    if timeout_s <= seconds:
-        raise DirtyRateError(
-            "the dirty-rate timeout (%s s) must be longer than the window (%s s)" % (timeout_s, seconds),
-            option="dirty_rate_timeout_s",
-        )
-    for dom in domains:
-        state = domain_state_name(dom.state()[0])
-        if state != "running":
-            raise DomainNotRunningError(
-                "cannot measure the dirty-page rate of domain '%s' on %s: it is %s, not running"
-                % (dom.name(), host_label(conn), state),
-                domain=dom.name(),
-                state=state,
-            )
-    started = clock()
-    for dom in domains:
-        try:
-            dom.startDirtyRateCalc(seconds, 0)
-        except LibvirtError as exc:
-            raise DirtyRateError(
-                "cannot start measuring the dirty-page rate of domain '%s' on %s: %s; "
-                "set measure_dirty_rate_s to 0 to skip the measurement"
-                % (dom.name(), host_label(conn), describe_libvirt_error(exc)),
-                domain=dom.name(),
-                libvirt_error_code=libvirt_error_code(exc),
-            ) from exc
-    sleep(seconds)
-    pending = {dom.name(): dom for dom in domains}
-    rates: t.Dict[str, float] = {}
-    while True:
-        for dom, stats in conn.domainListGetStats(list(pending.values()), DOMAIN_STATS_DIRTYRATE):
-            name = dom.name()
-            status = stats.get("dirtyrate.calc_status")
-            if status is None:
-                raise DirtyRateError(
-                    "%s reported no dirty-rate statistics for domain '%s' (did it stop?); "
-                    "set measure_dirty_rate_s to 0 to skip the measurement" % (host_label(conn), name),
-                    domain=name,
-                )
-            if status == DIRTYRATE_MEASURED:
-                rates[name] = float(stats.get("dirtyrate.megabytes_per_second", 0))
-                pending.pop(name, None)
-        if not pending:
-            return rates
-        remaining = started + timeout_s - clock()
-        if remaining <= 0:
-            raise DirtyRateError(
-                "the dirty-page rate of domain(s) %s on %s was not measured within %s s "
-                "(dirty_rate_timeout_s)" % (", ".join("'%s'" % n for n in sorted(pending)), host_label(conn), timeout_s),
-                domains=sorted(pending),
-            )
-        sleep(min(DIRTY_RATE_POLL_S, remaining))
+    """Measure the dirty-page rate (MiB/s) of running domains, all at once (see DirtyRateMeasurement)."""
+    return DirtyRateMeasurement(conn, domains, seconds, timeout_s, sleep=sleep, clock=clock).rates()
 
 
 def measure_dirty_rate(
@@ -858,7 +889,7 @@ def measure_dirty_rate(
     sleep: t.Callable[[float], None] = time.sleep,
     clock: t.Callable[[], float] = time.monotonic,
 ) -> float:
-    """Measure one running domain's dirty-page rate in MiB/s (see measure_dirty_rates)."""
+    """Measure one running domain's dirty-page rate in MiB/s (see DirtyRateMeasurement)."""
     return measure_dirty_rates(dom.connect(), [dom], seconds, timeout_s, sleep=sleep, clock=clock)[dom.name()]
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import tempfile
 import threading
 import time
 import typing as t
@@ -76,6 +74,8 @@ from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
     find_domain,
     redact_uri,
 )
+from ansible_collections.strata.migration.plugins.module_utils._progress import write_json_file
+from ansible_collections.strata.migration.plugins.module_utils._start_signal import wait_for_start
 from ansible_collections.strata.migration.plugins.module_utils._throttle import (
     DEFAULT_PERIOD_US,
     NO_QUOTA,
@@ -108,6 +108,10 @@ from ansible_collections.strata.migration.plugins.module_utils._preflight import
 ALWAYS_ENFORCED_CHECKS = ("distinct_hosts", "domain_running")
 JOB_STATS_COMPLETED = 1
 EVENT_ID_JOB_COMPLETED = 21  # VIR_DOMAIN_EVENT_ID_JOB_COMPLETED
+EVENT_ID_LIFECYCLE = 0  # VIR_DOMAIN_EVENT_ID_LIFECYCLE
+# (event, detail) of the source pausing for a migration's final switch, and of it running again.
+EVENT_SUSPENDED, EVENT_SUSPENDED_MIGRATED = 3, 1
+EVENT_RESUMED = 4
 MIGRATE_POSTCOPY_RESUME = 524288
 ABORT_JOB_POSTCOPY = 1
 DOMAIN_PAUSED = 3
@@ -116,6 +120,8 @@ POSTCOPY_RECOVERY_RETRY_S = 5.0
 DEFAULT_POSTCOPY_RECOVERY_TIMEOUT_S = 300
 # libvirt sends the job-completed event as the job ends; the migration call may return first.
 COMPLETED_EVENT_WAIT_S = 2.0
+# A dirty rate measured before a start_file's start plans the migration while it is at most this old.
+DIRTY_RATE_FRESH_S = 30.0
 DOMAIN_RUNNING = 1
 PAUSED_MIGRATION = 2
 ERR_MIGRATE_UNSAFE = 81
@@ -174,18 +180,37 @@ class LibvirtMigrationJob:
         self._completed = threading.Event()
         self._completed_stats: t.Optional[t.Dict[str, t.Any]] = None
         self._callback_id: t.Optional[int] = None
+        self._lifecycle_id: t.Optional[int] = None
+        self._switching = threading.Event()
+        self._on_switch: t.Optional[t.Callable[[], None]] = None
 
     def _on_job_completed(self, _conn: t.Any, _dom: t.Any, stats: t.Mapping[str, t.Any], _opaque: t.Any) -> None:
         self._completed_stats = dict(stats)
         self._completed.set()
 
-    def start(self, flags: int, params: t.Mapping[str, t.Any]) -> None:
+    def _on_lifecycle(self, _conn: t.Any, _dom: t.Any, event: int, detail: int, _opaque: t.Any) -> None:
+        if event == EVENT_SUSPENDED and detail == EVENT_SUSPENDED_MIGRATED:
+            self._switching.set()
+            if self._on_switch is not None:
+                self._on_switch()
+        elif event == EVENT_RESUMED:
+            self._switching.clear()
+
+    def start(self, flags: int, params: t.Mapping[str, t.Any],
+              on_switch: t.Optional[t.Callable[[], None]] = None) -> None:
+        self._on_switch = on_switch
         try:
             self._callback_id = self.dom.connect().domainEventRegisterAny(
                 self.dom, EVENT_ID_JOB_COMPLETED, self._on_job_completed, None
             )
         except LibvirtError:
             self._callback_id = None  # the statistics then come from the destination or the last sample
+        try:
+            self._lifecycle_id = self.dom.connect().domainEventRegisterAny(
+                self.dom, EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+        except LibvirtError:
+            self._lifecycle_id = None  # the switch then goes untold: the move keeps its slot until it ends
 
         def migrate() -> None:
             try:
@@ -228,6 +253,9 @@ class LibvirtMigrationJob:
     def abort(self) -> None:
         self.dom.abortJob()
 
+    def switching_over(self) -> bool:
+        return self._switching.is_set()
+
     def abort_postcopy(self) -> None:
         """Pause a post-copy migration (or its resume): it can be resumed again later."""
         self.dom.abortJobFlags(ABORT_JOB_POSTCOPY)
@@ -240,12 +268,13 @@ class LibvirtMigrationJob:
         return self._completed_stats
 
     def close(self) -> None:
-        if self._callback_id is not None:
-            try:
-                self.dom.connect().domainEventDeregisterAny(self._callback_id)
-            except LibvirtError:
-                pass
-            self._callback_id = None
+        for callback_id in (self._callback_id, self._lifecycle_id):
+            if callback_id is not None:
+                try:
+                    self.dom.connect().domainEventDeregisterAny(callback_id)
+                except LibvirtError:
+                    pass
+        self._callback_id = self._lifecycle_id = None
 
 
 # ---- the progress file --------------------------------------------------------
@@ -271,32 +300,6 @@ def check_progress_file(path: str) -> str:
             option="progress_file",
         )
     return full
-
-
-def write_progress_file(path: str, record: t.Mapping[str, t.Any]) -> bool:
-    """Replace the file at `path` with `record` as JSON, atomically; False when that failed (nothing is raised).
-
-    A temporary file in the same directory is renamed over the old one, so a
-    reader sees the previous record or the new one, never a partial one.
-    """
-    directory, name = os.path.split(path)
-    try:
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".tmp")
-    except OSError:
-        return False
-    try:
-        # Readable by a watcher running as another user (a task with become); progress holds no secret.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, sort_keys=True)
-        os.replace(temporary, path)
-    except (OSError, TypeError, ValueError):
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        return False
-    return True
 
 
 # ---- prediction ------------------------------------------------------------
@@ -403,8 +406,13 @@ class _Run:
         clock: t.Callable[[], float],
         sleep: t.Callable[[float], None],
         progress_sink: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Any]] = None,
+        start_file: t.Optional[str] = None,
     ) -> None:
         self.postcopy_recovery_timeout_s = postcopy_recovery_timeout_s
+        self.start_file = start_file
+        # Measured before the start (prepare_and_wait): the rate and when, and the balloon report seen before it.
+        self.early_dirty_rate: t.Optional[t.Tuple[float, float]] = None
+        self.stats_seen: t.Optional[int] = None
         self.source = source
         self.destination = destination
         self.name = name
@@ -445,12 +453,12 @@ class _Run:
 
     # Layer 0 -----------------------------------------------------------------
 
-    def measure(self) -> t.Tuple[PreflightData, PreflightReport]:
+    def measure(self, dirty_rate_mibps: t.Optional[float] = None) -> t.Tuple[PreflightData, PreflightReport]:
         source_conn = self.source.conn
         dest_conn = self.destination.conn
         data = gather_preflight(
             source_conn, dest_conn, self.preflight_options, self.source.uri, self.destination.uri,
-            sleep=self.sleep, clock=self.clock,
+            sleep=self.sleep, clock=self.clock, dirty_rate_mibps=dirty_rate_mibps,
         )
         report = evaluate(data, self.preflight_options)
         self.result["source"] = report.source
@@ -485,9 +493,39 @@ class _Run:
         # The job runs on a connection of its own (see migrate); it opens while the dirty rate is measured.
         self.migration_client.connect_in_background()
         try:
+            if self.start_file is not None and not check_mode:
+                self.prepare_and_wait(self.start_file)
             return self.run_connected(check_mode)
         finally:
             self.migration_client.close()
+
+    def prepare_and_wait(self, start_file: str) -> None:
+        """Measure the dirty rate while the workflow's other moves copy, then wait for its start (_start_signal).
+
+        Nothing changes before the start: the checks, compaction and the migration follow it.
+        """
+        dom = find_domain(self.source.conn, self.name)
+        window_s = self.preflight_options.measure_dirty_rate_s
+        timeout_s = self.preflight_options.dirty_rate_timeout_s
+        if (dom is not None and window_s and timeout_s and dom.state()[0] == DOMAIN_RUNNING
+                and dom.jobInfo()[0] == JOB_NONE):
+            self.stats_seen = _stats_timestamp(dom)
+            rate = measure_dirty_rate(dom, window_s, timeout_s, sleep=self.sleep, clock=self.clock)
+            self.early_dirty_rate = (rate, self.clock())
+        self.progress("ready")
+        signal = wait_for_start(start_file, self.name, sleep=self.sleep)
+        if signal.bandwidth_mibps is not None:
+            self.options = dataclasses.replace(self.options, bandwidth_mibps=signal.bandwidth_mibps)
+            self.preflight_options = dataclasses.replace(self.preflight_options, bandwidth_mibps=signal.bandwidth_mibps)
+        self.event("start", waited_for="start_file", bandwidth_mibps=self.options.bandwidth_mibps,
+                   dirty_rate_mibps=self.early_dirty_rate[0] if self.early_dirty_rate else None)
+
+    def known_dirty_rate(self) -> t.Optional[float]:
+        """The rate measured before the start, while it is fresh enough to plan with."""
+        if self.early_dirty_rate is None:
+            return None
+        rate, measured_at = self.early_dirty_rate
+        return rate if self.clock() - measured_at <= DIRTY_RATE_FRESH_S else None
 
     def cap_where_known_safe(self, plan: MigrationPlan, domain_type: t.Optional[str],
                              source_qemu: str) -> MigrationPlan:
@@ -509,8 +547,9 @@ class _Run:
             self.lift_leftover_cap(dom, leftover, check_mode)
         # The guest's balloon report before the dirty-rate measurement: the one it sends during it is new
         # enough for compaction, which then waits for none.
-        seen_last_update = _stats_timestamp(dom)
-        data, report = self.measure()
+        known_rate = self.known_dirty_rate()
+        seen_last_update = self.stats_seen if known_rate is not None else _stats_timestamp(dom)
+        data, report = self.measure(known_rate)
         if report.already_migrated:
             self.result["already_migrated"] = True
             self.result["placement"] = {
@@ -862,7 +901,7 @@ class _Run:
             self.result["stats"] = summarize_stats(completed, None)
         else:
             self.result["stats"] = summarize_stats(completed, outcome.last_sample, outcome.throttle, outcome.xbzrle)
-        self.progress.report("verifying", completed_figures(self.result["stats"]))
+        self.progress.report("finishing", completed_figures(self.result["stats"]))
         if compacted:
             params = compaction_params(state="restored", timeout_s=self.compaction.timeout_s)
             changed, restored = ensure_restored(dest_dom, params, sleep=self.sleep, clock=self.clock)
@@ -1010,6 +1049,7 @@ def run_live_migration(
     check_mode: bool = False,
     clock: t.Callable[[], float] = time.monotonic,
     sleep: t.Callable[[float], None] = time.sleep,
+    start_file: t.Optional[str] = None,
 ) -> t.Dict[str, t.Any]:
     """Migrate one domain live; return the module result or raise MigrationError carrying it.
 
@@ -1018,10 +1058,11 @@ def run_live_migration(
     keep resuming a post-copy migration whose connection broke (0: not at all).
     progress_file: where to keep the progress record (see ProgressReporter),
     already checked with check_progress_file; nothing is written in check mode.
+    start_file: prepare, then wait for the workflow's start (see _start_signal); ignored in check mode.
     """
-    sink = None if progress_file is None or check_mode else functools.partial(write_progress_file, progress_file)
+    sink = None if progress_file is None or check_mode else functools.partial(write_json_file, progress_file)
     run = _Run(source, destination, name, options, preflight_options, enforce_preflight, compaction, peer_uri,
-               postcopy_recovery_timeout_s, clock, sleep, sink)
+               postcopy_recovery_timeout_s, clock, sleep, sink, start_file)
     try:
         try:
             result = run.run(check_mode)

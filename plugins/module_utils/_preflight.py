@@ -32,6 +32,7 @@ from ansible_collections.strata.migration.plugins.module_utils._convergence impo
 from ansible_collections.strata.migration.plugins.module_utils._engine import COPY_STORAGE_CHOICES
 from ansible_collections.strata.migration.plugins.module_utils._features import version_tuple
 from ansible_collections.strata.migration.plugins.module_utils._inventory import (
+    DirtyRateMeasurement,
     DomainFacts,
     DomainNotFoundError,
     DomainSummary,
@@ -39,7 +40,6 @@ from ansible_collections.strata.migration.plugins.module_utils._inventory import
     InventoryParseError,
     domain_facts,
     gather_host_facts,
-    measure_dirty_rate,
     resolve_dirty_rate_timeout,
 )
 from ansible_collections.strata.migration.plugins.module_utils._libvirt import (
@@ -1257,20 +1257,29 @@ def gather_preflight(
     dest_uri: str,
     sleep: t.Callable[[float], None] = time.sleep,
     clock: t.Callable[[], float] = time.monotonic,
+    dirty_rate_mibps: t.Optional[float] = None,
 ) -> PreflightData:
     """Read both hosts into PreflightData.
 
     A domain missing from the source is only an error when the destination
     does not have it either (otherwise it may already have migrated).
+    dirty_rate_mibps: a rate the caller measured moments ago; then none is measured here.
     """
     try:
-        source = gather_host_facts(source_conn)
+        source = gather_host_facts(source_conn, identity_only=True)
         dom = find_domain(source_conn, options.name)
         facts, xml, snapshots = None, MigrationXml(), 0
+        measurement = None
         if dom is not None:
             # One read of the domain's XML serves its facts and the migration details.
             document = dom.XMLDesc(0)
             facts = domain_facts(dom, document)
+            # The dirty-rate window runs while the rest is read. A domain busy with another job (a migration,
+            # a dump) holds libvirt's lock: measuring would wait for it.
+            if (dirty_rate_mibps is None and options.measure_dirty_rate_s and options.dirty_rate_timeout_s
+                    and facts.state == "running" and not facts.job_running):
+                measurement = DirtyRateMeasurement(source_conn, [dom], options.measure_dirty_rate_s,
+                                                   options.dirty_rate_timeout_s, sleep=sleep, clock=clock)
             xml = parse_migration_xml(document)
             snapshots = _snapshot_count(dom)
     except LibvirtError as exc:
@@ -1301,11 +1310,10 @@ def gather_preflight(
         data.dest_interfaces = list_active_interfaces(dest_conn)
     except LibvirtError as exc:
         raise _libvirt_failure("destination", dest_uri, exc) from exc
-    # A domain busy with another job (a migration, a dump) holds libvirt's lock: measuring would wait for it.
-    if options.measure_dirty_rate_s and options.dirty_rate_timeout_s and facts.state == "running" and not facts.job_running:
-        data.dirty_rate_mibps = measure_dirty_rate(
-            dom, options.measure_dirty_rate_s, options.dirty_rate_timeout_s, sleep=sleep, clock=clock
-        )
+    if measurement is not None:
+        data.dirty_rate_mibps = measurement.rates()[options.name]
+    elif dirty_rate_mibps is not None and facts.state == "running":
+        data.dirty_rate_mibps = dirty_rate_mibps
     return data
 
 

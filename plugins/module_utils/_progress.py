@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import typing as t
 
-PROGRESS_PHASES = ("preparing", "migrating", "postcopy", "verifying", "done", "failed")
-# The phases in which the migration's memory copy runs: it uses its hosts' bandwidth.
+PROGRESS_PHASES = ("preparing", "ready", "migrating", "switching", "postcopy", "finishing", "verifying", "done", "failed")
+# The phases in which the migration's memory copy runs: it uses its hosts' bandwidth. In `switching`
+# the copy is over and the source is paused while libvirt hands the guest over.
 TRANSFER_PHASES = ("migrating", "postcopy")
+# The phases after a completed job: the domain runs on the destination, the job only tidies up.
+MIGRATED_PHASES = ("finishing", "done")
 PROGRESS_NUMBERS = ("percent", "remaining_mib", "transferred_mib", "pass", "elapsed_s")
 
 
@@ -76,6 +81,32 @@ def read_progress(path: str) -> t.Optional[Progress]:
     except (OSError, ValueError):
         return None
     return parse_progress(data)
+
+
+def write_json_file(path: str, record: t.Mapping[str, t.Any]) -> bool:
+    """Replace the file at `path` with `record` as JSON, atomically; False when that failed (nothing is raised).
+
+    A temporary file in the same directory is renamed over the old one, so a
+    reader sees the previous record or the new one, never a partial one.
+    """
+    directory, name = os.path.split(path)
+    try:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        # Readable by a watcher running as another user (a task with become); progress holds no secret.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, sort_keys=True)
+        os.replace(temporary, path)
+    except (OSError, TypeError, ValueError):
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return False
+    return True
 
 
 def progress_line(label: str, progress: t.Optional[Progress]) -> str:

@@ -385,6 +385,7 @@ def main() -> None:
                 postcopy_recovery_timeout_s=params["postcopy_recovery_timeout_s"],
                 progress_file=progress_file,
                 check_mode=module.check_mode,
+                start_file=params["start_file"],
             )
     except (StrataError, LibvirtError) as exc:
         module.fail_from(exc, **result)

@@ -72,11 +72,13 @@ class MoveScheduler:
         self.total = max_parallel_total
         self.waiting: t.List[ScheduledMove] = list(moves)
         self.running: t.List[ScheduledMove] = []
+        # Started moves whose copy is over (libvirt switches the guest over): no slot, but not gone yet.
+        self.released: t.List[ScheduledMove] = []
         self.ended: t.List[ScheduledMove] = []
 
     def _blocked(self, move: ScheduledMove) -> bool:
         """A move into a host waits for that host's departures of earlier waves."""
-        unfinished = self.waiting + self.running
+        unfinished = self.waiting + self.running + self.released
         return any(other.source == move.target and other.wave < move.wave for other in unfinished)
 
     def startable(self) -> t.List[ScheduledMove]:
@@ -105,13 +107,19 @@ class MoveScheduler:
         self.waiting.remove(move)
         self.running.append(move)
 
-    def end(self, move: ScheduledMove) -> None:
+    def release(self, move: ScheduledMove) -> None:
+        """The move's copy is over: its slots go to the next moves; it still counts as a departure until end()."""
         self.running.remove(move)
+        self.released.append(move)
+
+    def end(self, move: ScheduledMove) -> None:
+        """The move ended (its guest runs where it will stay): running or released."""
+        (self.running if move in self.running else self.released).remove(move)
         self.ended.append(move)
 
     @property
     def finished(self) -> bool:
-        return not self.waiting and not self.running
+        return not self.waiting and not self.running and not self.released
 
 
 def bandwidth_share_mibps(budget_mibps: int, move: ScheduledMove, transferring: t.Iterable[ScheduledMove]) -> int:

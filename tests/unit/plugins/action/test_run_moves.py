@@ -16,6 +16,7 @@ from ansible_collections.strata.migration.plugins.action import run_moves
 from ansible_collections.strata.migration.plugins.action.run_moves import ActionModule
 from ansible_collections.strata.migration.plugins.module_utils._manifest import new_manifest, read_manifest, save_manifest
 from ansible_collections.strata.migration.plugins.module_utils._manifest import mark_running, record_planned
+from ansible_collections.strata.migration.plugins.module_utils._start_signal import read_start_signal
 
 HOSTS = [{"name": name, "uri": "qemu+tcp://%s/system" % name} for name in ("hv1", "hv2", "hv3")]
 
@@ -38,57 +39,89 @@ class FakeSpeeds:
 
 
 class Lab:
-    """Background jobs that end after a set number of seconds, written as async_wrapper writes them."""
+    """Background jobs as live_migrate runs them under run_moves, their files written as async_wrapper writes them.
 
-    def __init__(self, tmp_path, durations, failing=(), job_file_after_s=0):
+    A job waits for its start file to say start (a cancel ends it, failed, having changed nothing), copies
+    for its duration in phase migrating, switches over for `switch_s` in phase switching, then tidies up for
+    `tail_s` in phase finishing.
+    """
+
+    def __init__(self, tmp_path, durations, failing=(), job_file_after_s=0, tail_s=0, failing_early=(), switch_s=0):
         self.async_dir = str(tmp_path / "async")
         os.makedirs(self.async_dir)
         self.durations = durations
         self.failing = set(failing)
+        self.failing_early = set(failing_early)  # fail while they prepare, before any start
         self.job_file_after_s = job_file_after_s
+        self.tail_s = tail_s
+        self.switch_s = switch_s  # libvirt's switch-over, after the copy and before finishing
         self.late_files = {}  # path -> when async_wrapper's job writes it
         self.now = 1000.0
-        self.jobs = {}  # jid -> (vm, ends_at, progress_file)
-        self.started = []  # (time, vm, module_args)
+        self.jobs = {}  # jid -> the job's state
+        self.launched = []  # (time, vm, module_args)
+        self.started = []  # (time, vm, bandwidth the start file gave)
 
     def clock(self):
         return self.now
+
+    def _write(self, path, record):
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
 
     def sleep(self, seconds):
         self.now += seconds
         for path, when in list(self.late_files.items()):
             if self.now >= when:
-                with open(path, "w", encoding="utf-8") as handle:
-                    json.dump({"started": 1, "finished": 0}, handle)
+                self._write(path, {"started": 1, "finished": 0})
                 del self.late_files[path]
-        for jid, (vm, ends_at, progress_file) in list(self.jobs.items()):
+        for jid, job in list(self.jobs.items()):
             path = os.path.join(self.async_dir, jid)
             if path in self.late_files:
                 continue
-            if self.now >= ends_at:
+            vm = job["vm"]
+            if job["started_at"] is None:
+                signal = read_start_signal(job["start_file"])
+                if vm in self.failing_early:
+                    self._write(path, {"failed": True, "msg": "cannot connect to libvirt for %s" % vm, "domain": vm})
+                    del self.jobs[jid]
+                elif signal is None or signal.state == "cancel":
+                    self._write(path, {"failed": True, "msg": "%s was not started" % vm, "domain": vm})
+                    del self.jobs[jid]
+                elif signal.state == "start":
+                    job["started_at"] = self.now
+                    self.started.append((self.now, vm, signal.bandwidth_mibps))
+                else:
+                    self._write(job["progress_file"], {"domain": vm, "phase": "ready"})
+                continue
+            elapsed = self.now - job["started_at"]
+            if elapsed >= self.durations[vm] + self.switch_s + self.tail_s:
                 result = {"changed": True, "domain": vm, "stats": {"total_ms": 1500}, "strategy": {"name": "precopy"}}
                 if vm in self.failing:
                     result = {"failed": True, "msg": "migration of %s failed" % vm, "domain": vm}
-                with open(path, "w", encoding="utf-8") as handle:
-                    json.dump(result, handle)
+                self._write(path, result)
                 del self.jobs[jid]
             else:
-                with open(progress_file, "w", encoding="utf-8") as handle:
-                    json.dump({"domain": vm, "phase": "migrating", "percent": 50}, handle)
+                phase = "migrating" if elapsed < self.durations[vm] else "finishing"
+                if self.durations[vm] <= elapsed < self.durations[vm] + self.switch_s:
+                    phase = "switching"
+                self._write(job["progress_file"], {"domain": vm, "phase": phase, "percent": 50})
 
     def execute_module(self, module_name=None, module_args=None, task_vars=None, wrap_async=False, **_kwargs):
         assert module_name == "strata.migration.live_migrate" and wrap_async
         vm = module_args["name"]
-        jid = "j%d" % (len(self.started) + 1)
-        self.started.append((self.now, vm, dict(module_args)))
-        self.jobs[jid] = (vm, self.now + self.durations[vm], module_args["progress_file"])
+        jid = "j%d" % (len(self.launched) + 1)
+        self.launched.append((self.now, vm, dict(module_args)))
+        self.jobs[jid] = {"vm": vm, "started_at": None, "progress_file": module_args["progress_file"],
+                          "start_file": module_args["start_file"]}
         path = os.path.join(self.async_dir, jid)
         if self.job_file_after_s:
             self.late_files[path] = self.now + self.job_file_after_s
         else:
-            with open(path, "w", encoding="utf-8") as handle:
-                json.dump({"started": 1, "finished": 0, "ansible_job_id": jid}, handle)
+            self._write(path, {"started": 1, "finished": 0, "ansible_job_id": jid})
         return {"started": 1, "finished": 0, "ansible_job_id": jid, "changed": True}
+
+    def started_at(self):
+        return {vm: round(when - 1000.0, 2) for when, vm, _bandwidth in self.started}
 
 
 @pytest.fixture
@@ -133,10 +166,12 @@ def test_moves_stream_through_the_slots_and_are_recorded(tmp_path, shown):
 
     assert not result.get("failed")
     assert result["changed"] is True
-    started_at = {vm: when - 1000.0 for when, vm, _args in lab.started}
-    assert started_at["a"] == 0 and started_at["b"] == 0
+    started_at = lab.started_at()
+    assert started_at["a"] < 0.5 and started_at["b"] < 0.5
     # c and d start as slots free up while a, the slow one, still runs: no waiting for a's wave to end.
     assert started_at["c"] < 10 and started_at["d"] < 10
+    # Their jobs were launched at the outset and waited, prepared, for their start.
+    assert {vm: when - 1000.0 for when, vm, _args in lab.launched} == dict.fromkeys("abcd", 0.0)
     assert [entry["status"] for entry in result["moves"]] == ["finished"] * 4
     assert {entry["vm"]: entry["job_s"] for entry in result["moves"]} == dict.fromkeys("abcd", 1.5)
     manifest = read_manifest(args["manifest_path"])
@@ -164,7 +199,7 @@ def test_a_hosts_bandwidth_is_shared_and_given_back(tmp_path, shown):
     save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
     FakeSpeeds.made.clear()
     make_action(args, lab).run(task_vars={})
-    given = {vm: module_args["bandwidth_mibps"] for _when, vm, module_args in lab.started}
+    given = {vm: bandwidth for _when, vm, bandwidth in lab.started}
     assert given == {"a": 60, "b": 30}  # b starts beside a, which hv1 already sends
     # Once a is done, b copies alone and gets hv1's whole budget.
     assert FakeSpeeds.made[0].calls[-1] == ("b", 60)
@@ -175,12 +210,13 @@ def test_a_job_an_interrupted_run_left_is_waited_for_first(tmp_path, shown):
     args = arguments(tmp_path, [move("b", "hv1", "hv3", 1)])
     manifest = record_planned(new_manifest("evacuate"), [move("a", "hv1", "hv2", 1), move("b", "hv1", "hv3", 1)])
     save_manifest(args["manifest_path"], mark_running(manifest, "a", job_id="j0"))
-    lab.jobs["j0"] = ("a", lab.now + 4, str(tmp_path / "unused.json"))
+    lab.jobs["j0"] = {"vm": "a", "started_at": lab.now, "progress_file": str(tmp_path / "unused.json"),
+                      "start_file": None}
     with open(os.path.join(lab.async_dir, "j0"), "w", encoding="utf-8") as handle:
         json.dump({"started": 1, "finished": 0, "ansible_job_id": "j0"}, handle)
     result = make_action(args, lab).run(task_vars={})
     assert [(entry["vm"], entry["status"]) for entry in result["moves"]] == [("a", "finished"), ("b", "finished")]
-    assert lab.started[0][0] - 1000.0 >= 4  # b started once a had ended
+    assert lab.started_at()["b"] >= 4  # b started once a had ended
     assert "left running by an interrupted run" in " ".join(shown.lines)
 
 
@@ -189,7 +225,7 @@ def test_check_mode_starts_and_writes_nothing(tmp_path, shown):
     args = arguments(tmp_path, [move("a", "hv1", "hv2", 1)])
     result = make_action(args, lab, check_mode=True).run(task_vars={})
     assert result["changed"] is True and result["moves"][0]["status"] == "would_run"
-    assert lab.started == [] and not os.path.exists(args["manifest_path"])
+    assert lab.launched == [] and not os.path.exists(args["manifest_path"])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -207,7 +243,7 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path, shown, extra, mes
     args.update(extra)
     with pytest.raises(AnsibleActionFail, match=message):
         make_action(args, lab).run(task_vars={})
-    assert lab.started == [] and not os.path.exists(args["manifest_path"])
+    assert lab.launched == [] and not os.path.exists(args["manifest_path"])
 
 
 def test_a_job_whose_file_comes_late_still_holds_its_slot(tmp_path, shown):
@@ -218,10 +254,10 @@ def test_a_job_whose_file_comes_late_still_holds_its_slot(tmp_path, shown):
     save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
     result = make_action(args, lab).run(task_vars={})
     assert [(entry["vm"], entry["status"]) for entry in result["moves"]] == [("a", "finished"), ("b", "finished")]
-    assert lab.started[1][0] - 1000.0 >= 5  # b waited for a: a was starting, not lost
+    assert lab.started_at()["b"] >= 5  # b waited for a: a was starting, not lost
 
 
-def test_a_killed_playbook_starts_nothing_more(tmp_path, shown):
+def test_a_killed_playbook_starts_nothing_more(tmp_path, shown, monkeypatch):
     # Ansible's worker runs in a session of its own: a kill of the playbook's process group leaves it.
     lab = Lab(tmp_path, {"a": 4, "b": 1})
     moves = [move("a", "hv1", "hv2", 1), move("b", "hv1", "hv3", 2)]
@@ -229,7 +265,57 @@ def test_a_killed_playbook_starts_nothing_more(tmp_path, shown):
     save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
     action = make_action(args, lab)
     action._parent_pid = lambda: 4242 if lab.now < 1002 else 1  # reparented to init two seconds in
+    written = []
+    real_write = run_moves.write_start_signal
+
+    def write(path, signal):
+        written.append((os.path.basename(path), signal.state))
+        return real_write(path, signal)
+
+    monkeypatch.setattr(run_moves, "write_start_signal", write)
     action.run(task_vars={})
-    assert [vm for _when, vm, _args in lab.started] == ["a"]
+    assert [vm for _when, vm, _bandwidth in lab.started] == ["a"]
+    # b's job, launched ahead, is told it will not start: it ends at once, having changed nothing.
+    assert [state for name, state in written if name == "b.start"] == ["wait", "cancel"]
+    # a's job was told to start and is recorded running: its start file stays for it to read, however late.
+    assert read_start_signal(lab.launched[0][2]["start_file"]).state == "start"
     a_move = read_manifest(args["manifest_path"]).moves[0]
     assert (a_move.vm, a_move.state, a_move.job_id) == ("a", "running", "j1")  # for a rerun to wait for
+
+
+def test_a_completed_migration_gives_its_slot_to_the_next_move_while_it_tidies_up(tmp_path, shown):
+    lab = Lab(tmp_path, {"a": 4, "b": 2}, tail_s=3)
+    moves = [move("a", "hv1", "hv2", 1), move("b", "hv1", "hv3", 1)]
+    args = arguments(tmp_path, moves, max_parallel_per_host=1)
+    save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
+    result = make_action(args, lab).run(task_vars={})
+    assert [(entry["vm"], entry["status"]) for entry in result["moves"]] == [("a", "finished"), ("b", "finished")]
+    # b starts as a's job enters finishing (4 s), not when a's job ends (7 s).
+    assert 4 <= lab.started_at()["b"] < 4.5
+
+
+def test_a_job_that_fails_while_it_prepares_fails_its_move_only(tmp_path, shown):
+    lab = Lab(tmp_path, {"a": 2, "b": 2, "c": 2}, failing_early={"b"})
+    moves = [move("a", "hv1", "hv2", 1), move("b", "hv1", "hv3", 1), move("c", "hv1", "hv2", 1)]
+    args = arguments(tmp_path, moves, max_parallel_per_host=1)
+    save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
+    result = make_action(args, lab).run(task_vars={})
+    by_vm = {entry["vm"]: entry for entry in result["moves"]}
+    assert {vm: entry["status"] for vm, entry in by_vm.items()} == {"a": "finished", "b": "failed", "c": "finished"}
+    assert by_vm["b"]["msg"] == "cannot connect to libvirt for b"
+    assert [vm for _when, vm, _bandwidth in lab.started] == ["a", "c"]
+    manifest = read_manifest(args["manifest_path"])
+    assert [(m.vm, m.state) for m in manifest.moves] == [("a", "done"), ("b", "failed"), ("c", "done")]
+
+
+def test_a_switching_move_gives_up_its_slot_but_holds_back_moves_into_its_source(tmp_path, shown):
+    lab = Lab(tmp_path, {"a": 4, "b": 2, "c": 2}, switch_s=2, tail_s=2)
+    # c goes into hv1, which a leaves in an earlier wave: the planner counted a's memory as free there.
+    moves = [move("a", "hv1", "hv2", 1), move("b", "hv1", "hv3", 1), move("c", "hv3", "hv1", 2)]
+    args = arguments(tmp_path, moves, max_parallel_per_host=1, max_parallel_total=1)
+    save_manifest(args["manifest_path"], record_planned(new_manifest("evacuate"), moves))
+    result = make_action(args, lab).run(task_vars={})
+    assert [entry["status"] for entry in result["moves"]] == ["finished"] * 3
+    started = lab.started_at()
+    assert 4 <= started["b"] < 4.5  # a's copy is over at 4 s: b gets the slot while a switches over
+    assert started["c"] >= 6  # but c waits until a has arrived on hv2 (6 s), not just stopped copying

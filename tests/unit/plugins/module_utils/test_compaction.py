@@ -643,7 +643,9 @@ def test_slow_guest_is_followed_to_the_target():
     changed, result = run(ensure_compacted, dom)
     assert result.settled == "target" and result.reached_target
     assert [s.actual_mib for s in result.samples] == [224, 192, 160, 128]
-    assert result.settle_s == 0.75
+    # One step per look; the looks come at 0.05, 0.15 and 0.35 s, then every 0.25 s.
+    assert [s.elapsed_s for s in result.samples] == [0.0, 0.05, 0.15, 0.35]
+    assert result.settle_s == 0.35
 
 
 def test_shortfall_when_the_guest_stops_early():

@@ -633,8 +633,9 @@ class ScriptedJob:
     """
 
     def __init__(self, clock, script, ends_at=None, error=None, on_abort="aborted",
-                 fail_abort=None, fail_postcopy=(), fail_downtime=None):
+                 fail_abort=None, fail_postcopy=(), fail_downtime=None, switching_from=None):
         self.clock = clock
+        self.switching_from = switching_from  # the poll from which the source is paused for the switch
         self.script = script
         self.ends_at = ends_at
         self.final_error = error
@@ -650,8 +651,9 @@ class ScriptedJob:
         self.ended = False
         self._error = None
 
-    def start(self, flags, params):
+    def start(self, flags, params, on_switch=None):
         self.calls.append(("start", flags, dict(params)))
+        self.on_switch = on_switch
 
     def wait(self, timeout_s):
         self.waits.append(timeout_s)
@@ -663,6 +665,8 @@ class ScriptedJob:
                 self.ended, self._error = True, None
             return self.ended
         self.polls += 1
+        if self.switching_from is not None and self.polls == self.switching_from and self.on_switch is not None:
+            self.on_switch()  # libvirt's event, from its own thread, while the statistics call waits
         if self.ends_at is not None and self.polls >= self.ends_at:
             self.ended, self._error = True, self.final_error
         return self.ended
@@ -692,6 +696,9 @@ class ScriptedJob:
         self.postcopy_asked_at_polls.append(self.polls)
         if self.fail_postcopy:
             raise self.fail_postcopy.pop(0)
+
+    def switching_over(self):
+        return self.switching_from is not None and self.polls >= self.switching_from
 
     def abort(self):
         self.calls.append(("abort",))
@@ -851,6 +858,18 @@ def test_stall_guard_when_statistics_never_come():
     assert_aborted_on_source(outcome, timeline, job, "stall", "stall_timeout_s")
     assert outcome.last_sample is None
     assert job.polls == 5
+
+
+def test_the_switch_libvirt_tells_is_reported_at_once_and_kept():
+    # libvirt's final switch: the copy is over and the source paused for it; the controller then gives
+    # the copy's bandwidth and slot to other moves.
+    clock, options, the_plan = setup("precopy")
+    script = [job_stats(1, 100.0, 150.0), job_stats(2, 250.0, 0.0), job_stats(2, 256.0, 0.0)]
+    job = ScriptedJob(clock, script, ends_at=5, switching_from=3)
+    phases = []
+    monitor(job, the_plan, options, True, Timeline(clock), lambda phase, sample: phases.append(phase))
+    # The first as the job starts; at poll 3 the event, then the poll's own report, then poll 4's.
+    assert phases == ["migrating"] * 3 + ["switching"] * 3
 
 
 def test_steady_progress_never_trips_the_stall_guard():

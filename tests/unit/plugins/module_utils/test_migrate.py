@@ -34,7 +34,17 @@ from ansible_collections.strata.migration.plugins.module_utils._migrate import (
     _runs_on,
     placement,
 )
-from ansible_collections.strata.migration.plugins.module_utils._preflight import DEFAULT_PREDICTION_BANDWIDTH_MIBPS
+from ansible_collections.strata.migration.plugins.module_utils._preflight import (
+    DEFAULT_PREDICTION_BANDWIDTH_MIBPS,
+    preflight_options,
+)
+from ansible_collections.strata.migration.plugins.module_utils._start_signal import (
+    CANCEL,
+    START,
+    StartNotGivenError,
+    StartSignal,
+    write_start_signal,
+)
 from ansible_collections.strata.migration.tests.unit.plugins.module_utils.fakes import FakeClock, FakeLibvirtError
 
 MIB = 1024 * 1024
@@ -272,8 +282,14 @@ class FakeEventConn:
         self.deregistered.append(callback_id)
 
     def fire(self, stats):
-        for dom, _event_id, callback, opaque in self.callbacks.values():
-            callback(self, dom, stats, opaque)
+        for dom, event_id, callback, opaque in self.callbacks.values():
+            if event_id == _migrate.EVENT_ID_JOB_COMPLETED:
+                callback(self, dom, stats, opaque)
+
+    def lifecycle(self, event, detail):
+        for dom, event_id, callback, opaque in self.callbacks.values():
+            if event_id == _migrate.EVENT_ID_LIFECYCLE:
+                callback(self, dom, event, detail, opaque)
 
 
 PEER = "qemu+tcp://127.0.0.12/system"
@@ -380,13 +396,27 @@ def test_job_completed_event_gives_the_final_statistics():
     job = LibvirtMigrationJob(dom, dom, PEER)
     job.start(1, {})
     assert job.wait(10) is True
-    [registration] = list(dom.events.callbacks.values())
-    event_id = registration[1]
-    assert event_id == _migrate.EVENT_ID_JOB_COMPLETED
+    assert [registration[1] for registration in dom.events.callbacks.values()] == [
+        _migrate.EVENT_ID_JOB_COMPLETED, _migrate.EVENT_ID_LIFECYCLE]
     dom.events.fire({"time_elapsed": 5794, "downtime": 19})
     assert job.completed_stats(0.01) == {"time_elapsed": 5794, "downtime": 19}
     job.close()
-    assert dom.events.deregistered == [1]
+    assert dom.events.deregistered == [1, 2]
+
+
+def test_the_source_pausing_for_the_migration_tells_the_switch():
+    dom = FakeMigratingDomain()
+    job = LibvirtMigrationJob(dom, dom, PEER)
+    told = []
+    job.start(1, {}, on_switch=lambda: told.append("switch"))
+    dom.events.lifecycle(3, 0)  # paused by the user: not the switch
+    assert not job.switching_over() and told == []
+    dom.events.lifecycle(3, 1)  # paused for the migration's end
+    assert job.switching_over() and told == ["switch"]
+    dom.events.lifecycle(4, 1)  # running again on the source: the switch failed
+    assert not job.switching_over()
+    job.wait(10)
+    job.close()
 
 
 def test_job_without_the_event_waits_for_nothing():
@@ -538,7 +568,7 @@ def read_json(path):
 
 def test_progress_file_holds_the_record_as_json(tmp_path):
     path = str(tmp_path / "web1.json")
-    assert _migrate.write_progress_file(path, {"phase": "migrating", "percent": 12.5, "pass": None}) is True
+    assert _migrate.write_json_file(path, {"phase": "migrating", "percent": 12.5, "pass": None}) is True
     assert read_json(path) == {"phase": "migrating", "percent": 12.5, "pass": None}
     # Readable by a watcher running as another user.
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
@@ -546,15 +576,15 @@ def test_progress_file_holds_the_record_as_json(tmp_path):
 
 def test_progress_file_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "web1.json")
-    _migrate.write_progress_file(path, {"phase": "migrating", "detail": "x" * 10000})
-    _migrate.write_progress_file(path, {"phase": "done"})
+    _migrate.write_json_file(path, {"phase": "migrating", "detail": "x" * 10000})
+    _migrate.write_json_file(path, {"phase": "done"})
     assert read_json(path) == {"phase": "done"}
     assert os.listdir(str(tmp_path)) == ["web1.json"]
 
 
 def test_a_reader_sees_the_old_record_until_the_new_one_is_complete(tmp_path, monkeypatch):
     path = str(tmp_path / "web1.json")
-    _migrate.write_progress_file(path, {"phase": "preparing"})
+    _migrate.write_json_file(path, {"phase": "preparing"})
     seen = []
     real_replace = os.replace
 
@@ -564,15 +594,15 @@ def test_a_reader_sees_the_old_record_until_the_new_one_is_complete(tmp_path, mo
         real_replace(source, target)
 
     monkeypatch.setattr(_migrate.os, "replace", replace)
-    _migrate.write_progress_file(path, {"phase": "migrating"})
+    _migrate.write_json_file(path, {"phase": "migrating"})
     assert seen == [({"phase": "preparing"}, {"phase": "migrating"}, str(tmp_path))]
     assert read_json(path) == {"phase": "migrating"}
 
 
 def test_a_record_that_cannot_be_written_is_ignored_and_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "web1.json")
-    _migrate.write_progress_file(path, {"phase": "preparing"})
-    assert _migrate.write_progress_file(path, {"phase": object()}) is False
+    _migrate.write_json_file(path, {"phase": "preparing"})
+    assert _migrate.write_json_file(path, {"phase": object()}) is False
     assert os.listdir(str(tmp_path)) == ["web1.json"]
     assert read_json(path) == {"phase": "preparing"}
 
@@ -584,12 +614,12 @@ def test_a_failed_rename_is_ignored_and_leaves_no_temporary_file(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(_migrate.os, "replace", replace)
-    assert _migrate.write_progress_file(path, {"phase": "preparing"}) is False
+    assert _migrate.write_json_file(path, {"phase": "preparing"}) is False
     assert os.listdir(str(tmp_path)) == []
 
 
 def test_a_directory_removed_meanwhile_is_ignored(tmp_path):
-    assert _migrate.write_progress_file(str(tmp_path / "gone" / "web1.json"), {"phase": "preparing"}) is False
+    assert _migrate.write_json_file(str(tmp_path / "gone" / "web1.json"), {"phase": "preparing"}) is False
 
 
 def test_check_progress_file_gives_the_absolute_path(tmp_path, monkeypatch):
@@ -625,13 +655,13 @@ def test_check_progress_file_refuses_a_directory_it_cannot_write(tmp_path, monke
 def progress_records(monkeypatch):
     """Every record run_live_migration writes, in order (they are written too)."""
     records = []
-    real_write = _migrate.write_progress_file
+    real_write = _migrate.write_json_file
 
     def write(path, record):
         records.append(record)
         return real_write(path, record)
 
-    monkeypatch.setattr(_migrate, "write_progress_file", write)
+    monkeypatch.setattr(_migrate, "write_json_file", write)
     return records
 
 
@@ -681,7 +711,7 @@ def test_check_mode_writes_no_progress(tmp_path):
 
 def test_a_domain_already_on_the_destination_goes_from_preparing_to_done(tmp_path, monkeypatch):
     records = progress_records(monkeypatch)
-    monkeypatch.setattr(_migrate._Run, "measure", lambda self: (None, types.SimpleNamespace(already_migrated=True)))
+    monkeypatch.setattr(_migrate._Run, "measure", lambda self, dirty_rate_mibps=None: (None, types.SimpleNamespace(already_migrated=True)))
     path = str(tmp_path / "web1.json")
     result = run_with_progress(path, FakeConn(), FakeConn({"web1": FakePlacedDomain(1, 1, True)}))
     assert result["already_migrated"] is True
@@ -689,7 +719,7 @@ def test_a_domain_already_on_the_destination_goes_from_preparing_to_done(tmp_pat
     assert read_json(path)["domain"] == "web1"
 
 
-def test_verifying_carries_the_figures_of_the_completed_job():
+def test_finishing_carries_the_figures_of_the_completed_job():
     records = []
     run = _migrate._Run(
         FakeClient("qemu+tcp://127.0.0.11/system", FakeConn()),
@@ -700,7 +730,7 @@ def test_verifying_carries_the_figures_of_the_completed_job():
     completed = {"type": 3, "time_elapsed": 900, "memory_processed": 64 * MIB, "memory_total": 256 * MIB,
                  "memory_iteration": 3}
     run.finish_success(completed, None, compacted=False)
-    assert [r["phase"] for r in records] == ["verifying"]
+    assert [r["phase"] for r in records] == ["finishing"]
     assert {key: records[0][key] for key in ("percent", "remaining_mib", "transferred_mib", "pass")} == {
         "percent": 100.0, "remaining_mib": 0.0, "transferred_mib": 64.0, "pass": 3,
     }
@@ -721,3 +751,58 @@ def test_other_libvirt_errors_are_given_as_they_are():
     assert _migrate.explain_libvirt_error("operation failed: migration out job: canceled by client") == (
         "operation failed: migration out job: canceled by client")
     assert _migrate.explain_libvirt_error(None) == "no error from libvirt"
+
+
+class FakeWaitingDomain:
+    """A running domain with no job, whose balloon last reported at 7."""
+
+    def state(self):
+        return [1, 1]
+
+    def jobInfo(self):
+        return [0]
+
+    def memoryStats(self):
+        return {"last_update": 7}
+
+
+def waiting_run(monkeypatch, records, clock):
+    measured = []
+
+    def measure(dom, seconds, timeout_s, sleep, clock):
+        measured.append(seconds)
+        return 42.0
+
+    monkeypatch.setattr(_migrate, "measure_dirty_rate", measure)
+    run = _migrate._Run(
+        FakeClient("qemu+tcp://127.0.0.11/system", FakeConn({"web1": FakeWaitingDomain()})), FakeClient(PEER, FakeConn()),
+        "web1", engine_options(bandwidth_mibps=60), preflight_options("web1", PEER, measure_dirty_rate_s=1,
+                                                                      bandwidth_mibps=60),
+        True, _migrate.CompactionSettings(), None, 0, clock, clock.sleep, records.append,
+    )
+    return run, measured
+
+
+def test_a_job_with_a_start_file_measures_then_waits_for_the_start_and_takes_its_bandwidth(tmp_path, monkeypatch):
+    path = str(tmp_path / "web1.start")
+    write_start_signal(path, StartSignal(START, 20, time.time() + 600))
+    records, clock = [], FakeClock()
+    run, measured = waiting_run(monkeypatch, records, clock)
+    run.prepare_and_wait(path)
+    assert measured == [1]
+    assert [r["phase"] for r in records] == ["ready"]
+    assert run.options.bandwidth_mibps == 20 and run.preflight_options.bandwidth_mibps == 20
+    assert run.stats_seen == 7
+    assert run.known_dirty_rate() == 42.0
+    clock.sleep(_migrate.DIRTY_RATE_FRESH_S + 1)
+    assert run.known_dirty_rate() is None  # too old to plan with: measured again
+
+
+def test_a_cancelled_start_changes_nothing(tmp_path, monkeypatch):
+    path = str(tmp_path / "web1.start")
+    write_start_signal(path, StartSignal(CANCEL, None, time.time() + 600))
+    records, clock = [], FakeClock()
+    run, _measured = waiting_run(monkeypatch, records, clock)
+    with pytest.raises(StartNotGivenError, match="was not started"):
+        run.prepare_and_wait(path)
+    assert run.options.bandwidth_mibps == 60

@@ -36,7 +36,7 @@ def test_every_option_reaches_a_part_of_the_migration_or_the_module():
     taken = set()
     for part in (engine_options, preflight_options, compaction_settings):
         taken |= set(inspect.signature(part).parameters)
-    module_own = {"dest_uri", "peer_uri", "preflight", "progress_file", "postcopy_recovery_timeout_s"}
+    module_own = {"dest_uri", "peer_uri", "preflight", "progress_file", "start_file", "postcopy_recovery_timeout_s"}
     assert set(argument_spec()) - taken - module_own == set()
 
 

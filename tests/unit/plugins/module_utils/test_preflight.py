@@ -1041,6 +1041,19 @@ def test_gather_cpu_and_capability_errors_become_probe_results():
     assert not gathered.capabilities.machine_checked
 
 
+def test_gather_reads_only_who_the_source_is_not_its_other_domains():
+    # Listing the source's domains would wait for one another migration is tearing down there.
+    source = FakeConn("hv1", domains=[FakeDom()])
+
+    def refuse(*_args):
+        raise AssertionError("the source's domains were listed")
+
+    source.listAllDomains = refuse
+    gathered = _gather(source, FakeConn("hv2"))
+    assert gathered.source.hostname == "hv1" and gathered.source.domains == []
+    assert gathered.domain.name == "web1"
+
+
 def test_gather_measures_the_dirty_rate_of_a_running_domain():
     gathered = _gather(FakeConn("hv1", domains=[FakeDom()]), FakeConn("hv2"), measure_dirty_rate_s=2,
                        dirty_rate_timeout_s=12)
@@ -1048,6 +1061,29 @@ def test_gather_measures_the_dirty_rate_of_a_running_domain():
     paused = _gather(FakeConn("hv1", domains=[FakeDom(state=3)]), FakeConn("hv2"), measure_dirty_rate_s=2,
                      dirty_rate_timeout_s=12)
     assert paused.dirty_rate_mibps is None
+
+
+def test_gather_reads_the_destination_during_the_dirty_rate_window():
+    # The window's seconds pass while the destination is read: only what is left of them is slept.
+    now = [0.0]
+    slept = []
+
+    class SlowDestination(FakeConn):
+        def compareHypervisorCPU(self, *args):
+            now[0] += 0.75
+            return super().compareHypervisorCPU(*args)
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    gathered = preflight.gather_preflight(
+        FakeConn("hv1", domains=[FakeDom()]), SlowDestination("hv2"),
+        options(measure_dirty_rate_s=2, dirty_rate_timeout_s=12), SOURCE_URI, DEST_URI, sleep=sleep,
+        clock=lambda: now[0],
+    )
+    assert gathered.dirty_rate_mibps == 12.0 and gathered.cpu.compared
+    assert slept == [1.25]
 
 
 def test_gather_does_not_measure_a_domain_busy_with_another_job():
@@ -1077,10 +1113,10 @@ def test_gather_unknown_domain_names_both_hosts():
 def test_gather_names_the_host_whose_libvirt_failed(side):
     broken = FakeConn("hv1" if side == "source" else "hv2", domains=[FakeDom()] if side == "source" else [])
 
-    def fail(flags):
+    def fail(*_args):
         raise RPC_FAILED
 
-    broken.listAllDomains = fail
+    broken.getInfo = fail
     source = broken if side == "source" else FakeConn("hv1", domains=[FakeDom()])
     dest = broken if side == "destination" else FakeConn("hv2")
     with pytest.raises(PreflightError, match=r"\(%s host\): End of file" % side) as error:

@@ -95,3 +95,17 @@ def test_a_hosts_bandwidth_is_shared_by_the_moves_copying_through_it():
     assert bandwidth_share_mibps(60, a, [b]) == 30  # the move counts itself once, listed or not
     assert bandwidth_share_mibps(0, a, [a, b]) == 0  # no budget: unlimited
     assert bandwidth_share_mibps(1, a, [a, b]) == 1  # never 0, which libvirt reads as unlimited
+
+
+def test_a_released_move_frees_its_slots_but_still_holds_back_arrivals_into_its_source():
+    leave, other, arrive = plan(("a", "hv1", "hv2", 1), ("b", "hv1", "hv3", 1), ("c", "hv3", "hv1", 2))
+    scheduler = MoveScheduler([leave, other, arrive], 1, 4)
+    assert scheduler.startable() == [leave]
+    scheduler.start(leave)
+    scheduler.release(leave)
+    assert scheduler.startable() == [other]  # hv1's sending slot is free again
+    scheduler.start(other)
+    scheduler.end(other)
+    assert scheduler.startable() == [] and not scheduler.finished  # c waits for a to arrive
+    scheduler.end(leave)
+    assert scheduler.startable() == [arrive]
