@@ -365,7 +365,6 @@ class ActionModule(ActionBase):
             self._cancel([job])
             job.status = "failed"
             job.msg = "not started, the manifest cannot record it: %s" % refused
-            display.display("  %s: %s" % (job.label, job.msg))
             return
         share = bandwidth_share_mibps(self.budget_mibps, move, [other.move for other in holding_slots] + [move])
         job.parked = False
